@@ -1,0 +1,60 @@
+//! Compute backends behind one trait, so the forward pass (`model::forward`) is written once.
+//!
+//! The operations are the pieces of the Caduceus block at the granularity a GPU wants them:
+//! the residual and normalized streams are `[rows, width]` buffers owned by the backend,
+//! and one call runs one Mamba direction over the whole context, chunk by chunk, with the
+//! conv and scan state carried between chunks.
+
+pub mod cpu;
+
+use anyhow::Result;
+
+/// Which RMSNorm weight to apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Norm {
+    Layer(usize),
+    Final,
+}
+
+/// Which of a bidirectional layer's two Mamba mixers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dir {
+    Fwd,
+    Rev,
+}
+
+/// How a mixer sees the streams: which D-wide column block, whether channels are reversed
+/// (RCPS's flipC), and whether positions are walked from the end (reverse Mamba, RCPS's flipL).
+/// Output goes back through the same mapping, so flips are never materialised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct View {
+    pub col: usize,
+    pub flip_channels: bool,
+    pub backward: bool,
+}
+
+pub trait Backend {
+    /// A row-major `[rows, width]` f32 buffer in the backend's memory.
+    type Buf;
+
+    fn name(&self) -> String;
+    fn alloc(&self, rows: usize, width: usize) -> Result<Self::Buf>;
+    /// `out[l] = E[t_l]`, and for RCPS models `[E[t] | flipC(E[comp t])]` (§1.5.3).
+    fn embed(&self, tokens: &[u8], out: &mut Self::Buf) -> Result<()>;
+    /// Exchange the two D-wide halves of the first `len` rows (fused add-norm RCPS, §1.5.4).
+    fn swap_halves(&self, buf: &mut Self::Buf, len: usize) -> Result<()>;
+    /// `dst = RMSNorm(src)` per D-wide half; an RCPS second half uses the channel-flipped weight.
+    fn rms_norm(&self, src: &Self::Buf, dst: &mut Self::Buf, len: usize, norm: Norm) -> Result<()>;
+    /// `acc += Mamba_dir(input)` through `view`, over the first `len` rows.
+    fn mixer(
+        &self,
+        layer: usize,
+        dir: Dir,
+        input: &Self::Buf,
+        acc: &mut Self::Buf,
+        len: usize,
+        view: View,
+    ) -> Result<()>;
+    /// Copy rows `start..start + dst.len() / width` to host memory.
+    fn read_rows(&self, buf: &Self::Buf, start: usize, dst: &mut [f32]) -> Result<()>;
+}

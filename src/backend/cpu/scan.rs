@@ -1,0 +1,182 @@
+//! Conv and selective scan for one chunk of positions (model-format.md §2.2), state carried.
+//!
+//! Channels are processed in blocks of `LANES`; a block's scan state `[d_state][LANES]` stays
+//! in registers over the whole chunk, and the exponentials of one step are one vector op per
+//! state index. Blocks are independent, so rayon splits them across threads.
+
+use rayon::prelude::*;
+
+use super::simd::{self, Isa};
+
+pub const LANES: usize = 16;
+
+fn blocks(di: usize) -> usize {
+    di.div_ceil(LANES)
+}
+
+pub fn state_len(di: usize, n: usize) -> usize {
+    blocks(di) * n * LANES
+}
+
+/// A `[di, n]` rearranged to `[blocks][n][LANES]`, zero in the padding lanes.
+pub fn a_blocks(a: &[f32], di: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0.0; state_len(di, n)];
+    for c in 0..di {
+        for s in 0..n {
+            out[(c / LANES) * n * LANES + s * LANES + c % LANES] = a[c * n + s];
+        }
+    }
+    out
+}
+
+/// `xc[t, c] = SiLU(b[c] + Σ_k w[c, k] · x[t-(K-1)+k, c])` with `x` the first `di` columns of
+/// `xz` (row stride `xz_stride`) and rows before the chunk taken from `state` (the previous
+/// chunk's last K-1 inputs, oldest first; zeros at the sequence start). Updates `state`.
+pub fn conv_silu(xz: &[f32], xz_stride: usize, xc: &mut [f32], state: &mut [f32], w: &[f32], b: &[f32], di: usize, k: usize) {
+    let t = xc.len() / di;
+    let hist = k - 1;
+    let state_ro: &[f32] = state;
+    xc.par_chunks_mut(di).enumerate().for_each(|(j, out)| {
+        out.copy_from_slice(&b[..di]);
+        for tap in 0..k {
+            // source position relative to the chunk start
+            let src = j as isize - hist as isize + tap as isize;
+            let row: &[f32] = if src >= 0 {
+                &xz[src as usize * xz_stride..][..di]
+            } else {
+                &state_ro[(hist as isize + src) as usize * di..][..di]
+            };
+            for c in 0..di {
+                out[c] += w[c * k + tap] * row[c];
+            }
+        }
+        for v in out.iter_mut() {
+            *v = simd::silu(*v);
+        }
+    });
+    // keep the last K-1 inputs (oldest first), reaching back into the old state if t < K-1
+    let mut next = vec![0.0; hist * di];
+    for h in 0..hist {
+        let src = t as isize - hist as isize + h as isize;
+        let row: &[f32] = if src >= 0 {
+            &xz[src as usize * xz_stride..][..di]
+        } else {
+            &state[(hist as isize + src) as usize * di..][..di]
+        };
+        next[h * di..(h + 1) * di].copy_from_slice(row);
+    }
+    state.copy_from_slice(&next);
+}
+
+/// The chunk's inputs; `x` (conv output) is overwritten with the gated output y.
+pub struct ScanIo<'a> {
+    pub x: &'a mut [f32],
+    pub delta: &'a [f32],
+    /// `[t, dt_rank + 2n]`: B at `dt_rank..`, C at `dt_rank + n..`.
+    pub dbc: &'a [f32],
+    /// `[t, 2di]`: z is the second half.
+    pub xz: &'a [f32],
+}
+
+/// Raw pointer to `x` shared by the block tasks, which write disjoint channel ranges.
+#[derive(Clone, Copy)]
+struct SharedX(*mut f32);
+unsafe impl Send for SharedX {}
+unsafe impl Sync for SharedX {}
+
+pub fn selective_scan(isa: Isa, io: ScanIo<'_>, state: &mut [f32], a_blk: &[f32], d_skip: &[f32], di: usize, n: usize, rk: usize) {
+    let t = io.x.len() / di;
+    let x = SharedX(io.x.as_mut_ptr());
+    let (delta, dbc, xz) = (io.delta, io.dbc, io.xz);
+    state.par_chunks_mut(n * LANES).enumerate().for_each(|(blk, st)| {
+        let x = x;
+        let c0 = blk * LANES;
+        let width = LANES.min(di - c0);
+        let a = &a_blk[blk * n * LANES..][..n * LANES];
+        let args = Block { x: x.0, t, di, n, rk, c0, width, delta, dbc, xz, d_skip, a };
+        // SAFETY: each block touches only its own channels c0..c0+width of x (disjoint across
+        // tasks, all < di so in bounds of the t·di buffer); ISA variants run only where detected.
+        unsafe {
+            match isa {
+                Isa::Avx512 => scan_avx512(&args, st),
+                Isa::Avx2 => scan_avx2(&args, st),
+                Isa::Baseline => scan_block(&args, st),
+            }
+        }
+    });
+}
+
+struct Block<'a> {
+    x: *mut f32,
+    t: usize,
+    di: usize,
+    n: usize,
+    rk: usize,
+    c0: usize,
+    width: usize,
+    delta: &'a [f32],
+    dbc: &'a [f32],
+    xz: &'a [f32],
+    d_skip: &'a [f32],
+    a: &'a [f32],
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn scan_avx512(b: &Block<'_>, st: &mut [f32]) {
+    unsafe { scan_block(b, st) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scan_avx2(b: &Block<'_>, st: &mut [f32]) {
+    unsafe { scan_block(b, st) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn scan_avx512(b: &Block<'_>, st: &mut [f32]) {
+    unsafe { scan_block(b, st) }
+}
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn scan_avx2(b: &Block<'_>, st: &mut [f32]) {
+    unsafe { scan_block(b, st) }
+}
+
+#[inline(always)]
+fn load(src: &[f32], width: usize) -> [f32; LANES] {
+    let mut v = [0.0; LANES];
+    v[..width].copy_from_slice(&src[..width]);
+    v
+}
+
+/// h = exp(Δ·A)·h + Δ·B·x;  y = h·C + D·x;  y ·= SiLU(z)   for LANES channels over the chunk.
+#[inline(always)]
+unsafe fn scan_block(b: &Block<'_>, st: &mut [f32]) {
+    let (n, w, di) = (b.n, b.width, b.di);
+    let dsk = load(&b.d_skip[b.c0..], w);
+    for j in 0..b.t {
+        // SAFETY: see selective_scan; the row slice is within x and only our lanes are used.
+        let xrow = unsafe { std::slice::from_raw_parts_mut(b.x.add(j * di + b.c0), w) };
+        let xv = load(xrow, w);
+        let dl = load(&b.delta[j * di + b.c0..], w);
+        let z = load(&b.xz[j * 2 * di + di + b.c0..], w);
+        let bc = &b.dbc[j * (b.rk + 2 * n) + b.rk..][..2 * n];
+        let mut dx = [0.0f32; LANES];
+        for l in 0..LANES {
+            dx[l] = dl[l] * xv[l];
+        }
+        let mut y = [0.0f32; LANES];
+        for s in 0..n {
+            let (bs, cs) = (bc[s], bc[n + s]);
+            let a: &[f32; LANES] = b.a[s * LANES..][..LANES].try_into().unwrap();
+            let h: &mut [f32; LANES] = (&mut st[s * LANES..][..LANES]).try_into().unwrap();
+            for l in 0..LANES {
+                h[l] = simd::exp(dl[l] * a[l]) * h[l] + dx[l] * bs;
+                y[l] += h[l] * cs;
+            }
+        }
+        for l in 0..w {
+            xrow[l] = (y[l] + dsk[l] * xv[l]) * simd::silu(z[l]);
+        }
+    }
+}

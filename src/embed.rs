@@ -1,0 +1,188 @@
+//! From tokens to per-position feature rows: strands, tiles, and the masked-LM head.
+//!
+//! A record is cut into tiles (`tiling`), each tile is run once per strand pass, and the
+//! feature rows of its kept positions go to a `Sink` in ascending position order. Sinks that
+//! only sum rows (pooling, windows) take each pass's rows with a weight as they come; the
+//! others get finished rows, for which the first pass of a two-pass strand is held on the host
+//! for one tile.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+
+use crate::backend::Backend;
+use crate::model::{forward::Engine, lm_head, Model};
+use crate::tiling::{self, Tile};
+use crate::tokenizer;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Strand {
+    /// The model's raw final hidden state (2·d_model wide for PS).
+    Fwd,
+    /// The reverse strand's view in forward coordinates.
+    Rc,
+    /// Strand-averaged (Ph: post-hoc conjoining; PS: channel-half average).
+    Both,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Feature {
+    /// Final normalized hidden states.
+    Hidden,
+    /// Masked-LM log-probabilities over A, C, G, T.
+    Logits,
+    /// The 16 raw masked-LM logits (only with --strand fwd).
+    RawLogits,
+}
+
+/// Receives one record's feature rows in ascending position order.
+pub trait Sink {
+    /// Whether rows may arrive as weighted partial sums (one call per strand pass).
+    fn linear(&self) -> bool;
+    fn add(&mut self, pos: usize, row: &[f32], weight: f32) -> Result<()>;
+    /// Every position below `upto` is complete.
+    fn flush(&mut self, _upto: usize) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// One run of the model over a tile: on the reverse complement or not, and its weight.
+#[derive(Clone, Copy)]
+struct Pass {
+    rc: bool,
+    weight: f32,
+}
+
+pub struct Embedder<B: Backend> {
+    engine: Engine<B>,
+    model: Arc<Model>,
+    strand: Strand,
+    feature: Feature,
+    pub context: usize,
+    pub overlap: usize,
+}
+
+impl<B: Backend> Embedder<B> {
+    pub fn new(backend: B, model: Arc<Model>, strand: Strand, feature: Feature, context: usize, overlap: usize) -> Result<Self> {
+        if feature == Feature::RawLogits && strand != Strand::Fwd {
+            bail!("raw logits are only available with --strand fwd");
+        }
+        if context < tiling::MIN_CONTEXT {
+            bail!("--context must be at least {}", tiling::MIN_CONTEXT);
+        }
+        let engine = Engine::new(backend, model.config.clone());
+        Ok(Embedder { engine, model, strand, feature, context, overlap })
+    }
+
+    pub fn engine(&self) -> &Engine<B> {
+        &self.engine
+    }
+
+    /// Width of the rows handed to sinks.
+    pub fn width(&self) -> usize {
+        let cfg = &self.model.config;
+        match (self.feature, self.strand) {
+            (Feature::Hidden, Strand::Fwd) => cfg.hidden_width(),
+            (Feature::Hidden, _) => cfg.d_model,
+            (Feature::Logits, _) => 4,
+            (Feature::RawLogits, _) => cfg.vocab_padded(),
+        }
+    }
+
+    fn passes(&self) -> Vec<Pass> {
+        // PS needs one pass for every view (its second half is the reverse strand, and its
+        // logits are exactly RC-equivariant); Ph and causal models run the reverse complement.
+        match (self.model.config.rcps, self.strand) {
+            (true, _) | (false, Strand::Fwd) => vec![Pass { rc: false, weight: 1.0 }],
+            (false, Strand::Rc) => vec![Pass { rc: true, weight: 1.0 }],
+            (false, Strand::Both) => vec![Pass { rc: false, weight: 0.5 }, Pass { rc: true, weight: 0.5 }],
+        }
+    }
+
+    /// Feature row of one final hidden row (`rc`: the row came from the reverse-complement pass).
+    fn feature_row(&self, hidden: &[f32], rc: bool, out: &mut [f32]) {
+        let cfg = &self.model.config;
+        let d = cfg.d_model;
+        match self.feature {
+            Feature::Hidden => match (cfg.rcps, self.strand) {
+                (true, Strand::Rc) => out.iter_mut().zip(hidden[d..].iter().rev()).for_each(|(o, v)| *o = *v),
+                (true, Strand::Both) => {
+                    for (c, o) in out.iter_mut().enumerate() {
+                        *o = 0.5 * (hidden[c] + hidden[2 * d - 1 - c]);
+                    }
+                }
+                _ => out.copy_from_slice(hidden),
+            },
+            Feature::Logits | Feature::RawLogits => {
+                let mut logits = vec![0.0; cfg.vocab_padded()];
+                lm_head::logits(&self.model, hidden, &mut logits);
+                if self.feature == Feature::RawLogits {
+                    out.copy_from_slice(&logits);
+                    return;
+                }
+                let lp = lm_head::acgt_log_probs(&logits);
+                // the reverse pass predicts the complementary base: A,C,G,T <- T,G,C,A
+                let lp = if rc { [lp[3], lp[2], lp[1], lp[0]] } else { lp };
+                out.copy_from_slice(&lp);
+            }
+        }
+    }
+
+    /// Run one tokenized record through every tile and pass into `sink`.
+    /// `progress` is called with the number of bases finished so far.
+    pub fn record(&mut self, tokens: &[u8], sink: &mut dyn Sink, progress: &mut dyn FnMut(usize)) -> Result<()> {
+        let width = self.width();
+        let hw = self.model.config.hidden_width();
+        let passes = self.passes();
+        let hold = passes.len() > 1 && !sink.linear();
+        let mut held: Vec<f32> = Vec::new();
+        let mut block = Vec::new();
+        let mut row = vec![0.0; width];
+        for tile in tiling::plan(tokens.len(), self.context, self.overlap) {
+            let Tile { start, end, keep_start, keep_end } = tile;
+            let t = end - start;
+            let kept = keep_end - keep_start;
+            if hold {
+                held.clear();
+                held.resize(kept * width, 0.0);
+            }
+            for (pi, pass) in passes.iter().enumerate() {
+                let ctx = &tokens[start..end];
+                if pass.rc {
+                    self.engine.run(&tokenizer::reverse_complement(ctx, &self.model.weights.complement))?;
+                } else {
+                    self.engine.run(ctx)?;
+                }
+                // kept positions in forward order; in the rc pass they sit at t-1-i
+                const BLOCK: usize = 4096;
+                let mut done = 0;
+                while done < kept {
+                    let nb = BLOCK.min(kept - done);
+                    let i0 = keep_start - start + done;
+                    let first = if pass.rc { t - (i0 + nb) } else { i0 };
+                    block.resize(nb * hw, 0.0);
+                    self.engine.read_rows(first, &mut block)?;
+                    for j in 0..nb {
+                        let src = if pass.rc { nb - 1 - j } else { j };
+                        self.feature_row(&block[src * hw..(src + 1) * hw], pass.rc, &mut row);
+                        let pos = keep_start + done + j;
+                        if !hold {
+                            sink.add(pos, &row, pass.weight)?;
+                        } else if pi == 0 {
+                            let h = &mut held[(done + j) * width..][..width];
+                            h.iter_mut().zip(&row).for_each(|(h, r)| *h = pass.weight * r);
+                        } else {
+                            let h = &mut held[(done + j) * width..][..width];
+                            h.iter_mut().zip(&row).for_each(|(h, r)| *h += pass.weight * r);
+                            sink.add(pos, h, 1.0)?;
+                        }
+                    }
+                    done += nb;
+                }
+            }
+            sink.flush(keep_end)?;
+            progress(keep_end);
+        }
+        Ok(())
+    }
+}

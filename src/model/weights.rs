@@ -1,0 +1,294 @@
+//! Load and validate `model.safetensors` in the released Caduceus layout (model-format.md §1.4).
+//!
+//! Tensors are looked up by name (file order is by dtype), widened to f32, and checked for
+//! shape before anything is computed. Tied tensors are absent from released files: the
+//! reverse Mamba's in/out projections share the forward ones (`Arc`), and the LM head is the
+//! embedding unless an untied head is stored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use safetensors::{Dtype, SafeTensors};
+
+use super::config::Config;
+use crate::error::ModelError;
+
+/// One Mamba-1 mixer (one direction). Row-major, shapes as in the file.
+#[derive(Clone, Debug)]
+pub struct Mamba {
+    /// [2·d_inner, d_model]; shared with the other direction when weights are tied.
+    pub in_proj: Arc<[f32]>,
+    /// [d_inner, d_conv] (the file's [d_inner, 1, d_conv]).
+    pub conv_w: Vec<f32>,
+    pub conv_b: Vec<f32>,
+    /// [dt_rank + 2·d_state, d_inner]
+    pub x_proj: Vec<f32>,
+    /// [d_inner, dt_rank]
+    pub dt_w: Vec<f32>,
+    pub dt_b: Vec<f32>,
+    /// A = -exp(A_log), [d_inner, d_state], computed once in f32 as the reference does.
+    pub a: Vec<f32>,
+    pub d: Vec<f32>,
+    /// [d_model, d_inner]
+    pub out_proj: Arc<[f32]>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub norm: Vec<f32>,
+    pub fwd: Mamba,
+    /// Present for bidirectional models.
+    pub rev: Option<Mamba>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Weights {
+    /// [vocab_padded, d_model]
+    pub embedding: Vec<f32>,
+    pub layers: Vec<Layer>,
+    pub norm_f: Vec<f32>,
+    /// An untied LM head stored in the file, [vocab_padded, d_model]; else the embedding is used.
+    pub lm_head: Option<Vec<f32>>,
+    /// token id -> complement id, vocab_padded entries.
+    pub complement: Vec<usize>,
+    /// Unique parameters (tied tensors counted once).
+    pub n_params: usize,
+}
+
+/// Default complement map of the Caduceus tokenizer: A<->T (7<->10), C<->G (8<->9), rest fixed.
+pub fn default_complement(n: usize) -> Vec<usize> {
+    (0..n)
+        .map(|i| match i {
+            7 => 10,
+            8 => 9,
+            9 => 8,
+            10 => 7,
+            i => i,
+        })
+        .collect()
+}
+
+struct Reader<'a> {
+    st: SafeTensors<'a>,
+    prefix: &'static str,
+    /// Names not yet consumed; whatever is left at the end matches no known tensor.
+    left: BTreeSet<String>,
+    n_params: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let full = format!("{}{name}", self.prefix);
+        self.take_full(&full, shape)
+    }
+
+    fn take_full(&mut self, full: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let t = self.st.tensor(full).map_err(|_| ModelError::MissingTensor {
+            name: full.to_string(),
+            expected: shape.to_vec(),
+        })?;
+        self.left.remove(full);
+        if t.shape() != shape {
+            return Err(ModelError::Shape {
+                name: full.to_string(),
+                expected: shape.to_vec(),
+                found: t.shape().to_vec(),
+            });
+        }
+        let v = to_f32(full, t.dtype(), t.data())?;
+        self.n_params += v.len();
+        Ok(v)
+    }
+
+    fn take_optional(&mut self, full: &str, shape: &[usize]) -> Result<Option<Vec<f32>>, ModelError> {
+        if self.left.contains(full) { self.take_full(full, shape).map(Some) } else { Ok(None) }
+    }
+
+    /// An I64 complement map buffer, if stored.
+    fn complement(&mut self, full: &str, n: usize) -> Result<Option<Vec<usize>>, ModelError> {
+        if !self.left.contains(full) {
+            return Ok(None);
+        }
+        self.left.remove(full);
+        let t = self.st.tensor(full).expect("listed name");
+        if t.dtype() != Dtype::I64 {
+            return Err(ModelError::Dtype {
+                name: full.into(),
+                expected: "I64",
+                found: format!("{:?}", t.dtype()),
+            });
+        }
+        if t.shape() != [n] {
+            return Err(ModelError::Shape { name: full.into(), expected: vec![n], found: t.shape().to_vec() });
+        }
+        let map: Vec<usize> = t
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .map(|v| usize::try_from(v).ok().filter(|&v| v < n).unwrap_or(usize::MAX))
+            .collect();
+        if map.contains(&usize::MAX) {
+            return Err(ModelError::Value { name: full.into(), msg: format!("entries must lie in 0..{n}") });
+        }
+        Ok(Some(map))
+    }
+}
+
+fn to_f32(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>, ModelError> {
+    let v: Vec<f32> = match dtype {
+        Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(ModelError::Dtype {
+                name: name.into(),
+                expected: "F32, F16 or BF16",
+                found: format!("{other:?}"),
+            })
+        }
+    };
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(ModelError::Value { name: name.into(), msg: format!("element {i} is not finite") });
+    }
+    Ok(v)
+}
+
+impl Weights {
+    /// Read a model folder's `model.safetensors` (refusing pickles with a hint).
+    pub fn from_dir(cfg: &Config, dir: &Path) -> Result<Self, ModelError> {
+        let path = dir.join("model.safetensors");
+        if !path.exists() {
+            for bin in ["pytorch_model.bin", "model.bin"] {
+                if dir.join(bin).exists() {
+                    return Err(ModelError::Pickle { path: dir.join(bin) });
+                }
+            }
+        }
+        let file = std::fs::File::open(&path).map_err(|e| ModelError::Io { path: path.clone(), source: e })?;
+        // SAFETY: the map is only read while this function runs; a concurrent truncation by
+        // another process would be a SIGBUS, which read() could not prevent either.
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| ModelError::Io { path: path.clone(), source: e })?;
+        Self::from_bytes(cfg, &map, &path)
+    }
+
+    /// Parse safetensors bytes (a mapped file or the embedded default model).
+    pub fn from_bytes(cfg: &Config, bytes: &[u8], path: &Path) -> Result<Self, ModelError> {
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| ModelError::Safetensors { path: path.to_path_buf(), msg: e.to_string() })?;
+        let names: BTreeSet<String> = st.names().into_iter().map(String::from).collect();
+        // Saved from `CaduceusForMaskedLM` the keys start with `caduceus.`; from the base class not.
+        let prefix = if names.iter().any(|n| n.starts_with("caduceus.backbone.")) {
+            "caduceus.backbone."
+        } else {
+            "backbone."
+        };
+        let mut r = Reader { st, prefix, left: names, n_params: 0 };
+        let (d, v) = (cfg.d_model, cfg.vocab_padded());
+        let (di, n, k, rk) = (cfg.d_inner(), cfg.d_state, cfg.d_conv, cfg.dt_rank());
+
+        let emb_name = if cfg.rcps {
+            "embeddings.word_embeddings.embedding.weight"
+        } else {
+            "embeddings.word_embeddings.weight"
+        };
+        let embedding = r.take(emb_name, &[v, d])?;
+        let buf_map = r.complement(&format!("{prefix}embeddings.word_embeddings.complement_map"), v)?;
+        let head_map = r.complement("lm_head.complement_map", v)?;
+        if let (Some(a), Some(b)) = (&buf_map, &head_map) {
+            if a != b {
+                return Err(ModelError::Value {
+                    name: "lm_head.complement_map".into(),
+                    msg: "differs from the embedding's complement_map".into(),
+                });
+            }
+        }
+        // The stored buffers are what the reference computes with (§5); then config; then default.
+        let complement = match buf_map.or(head_map) {
+            Some(m) => m,
+            None => match &cfg.complement_map {
+                Some(m) => {
+                    let mut full = default_complement(v);
+                    full[..m.len().min(v)].copy_from_slice(&m[..m.len().min(v)]);
+                    full
+                }
+                None => default_complement(v),
+            },
+        };
+        if complement.iter().any(|&c| c >= v) {
+            return Err(ModelError::Config(format!("complement_map entries must lie in 0..{v}")));
+        }
+
+        let mixer = if cfg.rcps { "mixer.submodule." } else { "mixer." };
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let norm = r.take(&format!("layers.{i}.norm.weight"), &[d])?;
+            let mut load = |dir: &str, shared: Option<&Mamba>| -> Result<Mamba, ModelError> {
+                let p = format!("layers.{i}.{mixer}{dir}.");
+                let (in_proj, out_proj) = match shared {
+                    Some(m) => {
+                        // Tied: absent from released files; tolerate a copy written by other tools.
+                        let pre = r.prefix;
+                        let full = |t: &str| format!("{pre}{p}{t}");
+                        r.left.remove(&full("in_proj.weight"));
+                        r.left.remove(&full("out_proj.weight"));
+                        (m.in_proj.clone(), m.out_proj.clone())
+                    }
+                    None => (
+                        Arc::from(r.take(&format!("{p}in_proj.weight"), &[2 * di, d])?),
+                        Arc::from(r.take(&format!("{p}out_proj.weight"), &[d, di])?),
+                    ),
+                };
+                let a_log = r.take(&format!("{p}A_log"), &[di, n])?;
+                Ok(Mamba {
+                    in_proj,
+                    conv_w: r.take(&format!("{p}conv1d.weight"), &[di, 1, k])?,
+                    conv_b: r.take(&format!("{p}conv1d.bias"), &[di])?,
+                    x_proj: r.take(&format!("{p}x_proj.weight"), &[rk + 2 * n, di])?,
+                    dt_w: r.take(&format!("{p}dt_proj.weight"), &[di, rk])?,
+                    dt_b: r.take(&format!("{p}dt_proj.bias"), &[di])?,
+                    a: a_log.iter().map(|&x| -x.exp()).collect(),
+                    d: r.take(&format!("{p}D"), &[di])?,
+                    out_proj,
+                })
+            };
+            let fwd = load("mamba_fwd", None)?;
+            let rev = if cfg.bidirectional {
+                Some(load("mamba_rev", if cfg.weight_tie { Some(&fwd) } else { None })?)
+            } else {
+                None
+            };
+            layers.push(Layer { norm, fwd, rev });
+        }
+        let norm_f = r.take("norm_f.weight", &[d])?;
+        let head_name = if cfg.rcps { "lm_head.lm_head.weight" } else { "lm_head.weight" };
+        let lm_head = r.take_optional(head_name, &[v, d])?;
+        if let Some(name) = r.left.iter().next() {
+            return Err(ModelError::UnknownTensor { name: name.clone() });
+        }
+        Ok(Weights { embedding, layers, norm_f, lm_head, complement, n_params: r.n_params })
+    }
+
+    /// The matrix the masked-LM head multiplies by: tied embedding unless stored untied.
+    pub fn head(&self) -> &[f32] {
+        self.lm_head.as_deref().unwrap_or(&self.embedding)
+    }
+}
+
+/// Tensor names grouped for error messages and `info` (unused names are reported by the loader).
+pub fn dtype_summary(bytes: &[u8]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    if let Ok(st) = SafeTensors::deserialize(bytes) {
+        for (_, t) in st.tensors() {
+            *out.entry(format!("{:?}", t.dtype())).or_insert(0) += 1;
+        }
+    }
+    out
+}
