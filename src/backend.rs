@@ -6,6 +6,8 @@
 //! conv and scan state carried between chunks.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use anyhow::Result;
 

@@ -1,8 +1,12 @@
 //! dna-mamba: Caduceus / Mamba DNA language models for shell pipelines.
 
 pub mod backend;
+pub mod cli;
 pub mod embed;
 pub mod error;
+pub mod io;
 pub mod model;
+pub mod progress;
+pub mod sinks;
 pub mod tiling;
 pub mod tokenizer;

@@ -1,0 +1,6 @@
+//! Reading sequences and writing results.
+
+pub mod fastx;
+pub mod npy;
+pub mod output;
+pub mod st;

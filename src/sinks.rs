@@ -1,0 +1,170 @@
+//! Per-record consumers of feature rows: pooled means, windows, and streamed per-position
+//! rows (CSV, npy, safetensors). Nothing here holds a record's per-position output.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use anyhow::Result;
+
+use crate::embed::Sink;
+
+/// CSV writer over any output, with shortest round-trip float text.
+pub struct Csv<W: Write> {
+    pub w: csv::Writer<W>,
+    num: ryu::Buffer,
+}
+
+impl<W: Write> Csv<W> {
+    pub fn new(inner: W) -> Self {
+        Csv { w: csv::WriterBuilder::new().flexible(false).from_writer(inner), num: ryu::Buffer::new() }
+    }
+
+    pub fn header(&mut self, lead: &[&str], cols: &[String]) -> Result<()> {
+        for f in lead {
+            self.w.write_field(f)?;
+        }
+        for c in cols {
+            self.w.write_field(c)?;
+        }
+        self.w.write_record(None::<&[u8]>)?;
+        Ok(())
+    }
+
+    /// One row: leading text fields, integer fields, then the values.
+    pub fn row(&mut self, id: &str, ints: &[usize], vals: impl IntoIterator<Item = f32>) -> Result<()> {
+        self.w.write_field(id)?;
+        let mut ib = itoa_buf();
+        for i in ints {
+            ib.clear();
+            use std::fmt::Write as _;
+            write!(ib, "{i}").unwrap();
+            self.w.write_field(&ib)?;
+        }
+        for v in vals {
+            let s = if v.is_finite() { self.num.format_finite(v) } else { "nan" };
+            self.w.write_field(s)?;
+        }
+        self.w.write_record(None::<&[u8]>)?;
+        Ok(())
+    }
+
+    pub fn into_inner(self) -> Result<W> {
+        self.w.into_inner().map_err(|e| anyhow::Error::new(e.into_error()))
+    }
+}
+
+fn itoa_buf() -> String {
+    String::with_capacity(20)
+}
+
+/// Mean over all positions (f64 sums: a chromosome has ~10^8 terms).
+pub struct Mean {
+    pub sum: Vec<f64>,
+}
+
+impl Mean {
+    pub fn new(width: usize) -> Self {
+        Mean { sum: vec![0.0; width] }
+    }
+    pub fn finish(&self, len: usize) -> impl Iterator<Item = f32> + '_ {
+        self.sum.iter().map(move |s| (s / len as f64) as f32)
+    }
+}
+
+impl Sink for Mean {
+    fn linear(&self) -> bool {
+        true
+    }
+    fn add(&mut self, _pos: usize, row: &[f32], weight: f32) -> Result<()> {
+        for (s, v) in self.sum.iter_mut().zip(row) {
+            *s += (weight * v) as f64;
+        }
+        Ok(())
+    }
+}
+
+/// Means over windows `[k·stride, k·stride + window)` clipped to the record; the last window
+/// is the first to reach the record's end (so it may be partial, and its `end` says so).
+pub struct Windows<'a, W: Write> {
+    pub out: &'a mut Csv<W>,
+    pub id: &'a str,
+    pub len: usize,
+    pub window: usize,
+    pub stride: usize,
+    width: usize,
+    open: BTreeMap<usize, Vec<f64>>,
+    next_start: usize,
+    done: bool,
+}
+
+impl<'a, W: Write> Windows<'a, W> {
+    pub fn new(out: &'a mut Csv<W>, id: &'a str, len: usize, window: usize, stride: usize, width: usize) -> Self {
+        Windows { out, id, len, window, stride, width, open: BTreeMap::new(), next_start: 0, done: false }
+    }
+
+    fn end_of(&self, start: usize) -> usize {
+        (start + self.window).min(self.len)
+    }
+}
+
+impl<W: Write> Sink for Windows<'_, W> {
+    fn linear(&self) -> bool {
+        true
+    }
+    fn add(&mut self, pos: usize, row: &[f32], weight: f32) -> Result<()> {
+        // open every window that starts at or before pos
+        while !self.done && self.next_start <= pos {
+            self.open.insert(self.next_start, vec![0.0; self.width]);
+            self.done = self.end_of(self.next_start) >= self.len;
+            self.next_start += self.stride;
+        }
+        let lo = (pos + 1).saturating_sub(self.window);
+        for (_, sum) in self.open.range_mut(lo..=pos) {
+            for (s, v) in sum.iter_mut().zip(row) {
+                *s += (weight * v) as f64;
+            }
+        }
+        Ok(())
+    }
+    fn flush(&mut self, upto: usize) -> Result<()> {
+        while let Some((&start, _)) = self.open.first_key_value() {
+            let end = self.end_of(start);
+            if end > upto {
+                break;
+            }
+            let sum = self.open.remove(&start).unwrap();
+            let n = (end - start) as f64;
+            self.out.row(self.id, &[start, end], sum.iter().map(|s| (s / n) as f32))?;
+        }
+        Ok(())
+    }
+}
+
+/// Per-position CSV rows `id,pos,values…`.
+pub struct PositionCsv<'a, W: Write> {
+    pub out: &'a mut Csv<W>,
+    pub id: &'a str,
+}
+
+impl<W: Write> Sink for PositionCsv<'_, W> {
+    fn linear(&self) -> bool {
+        false
+    }
+    fn add(&mut self, pos: usize, row: &[f32], _weight: f32) -> Result<()> {
+        self.out.row(self.id, &[pos], row.iter().copied())
+    }
+}
+
+/// Raw little-endian f32 rows (npy and safetensors bodies).
+pub struct RawRows<'a, W: Write> {
+    pub out: &'a mut W,
+}
+
+impl<W: Write> Sink for RawRows<'_, W> {
+    fn linear(&self) -> bool {
+        false
+    }
+    fn add(&mut self, _pos: usize, row: &[f32], _weight: f32) -> Result<()> {
+        Ok(self.out.write_all(bytemuck::cast_slice(row))?)
+    }
+}
