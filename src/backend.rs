@@ -57,6 +57,13 @@ pub trait Backend {
         len: usize,
         view: View,
     ) -> Result<()>;
+    /// `acc += BiMamba(input)`: the forward mixer walks as `view` says, the reverse one the
+    /// opposite way. Backends may compute the tied, position-wise in/out projections once for
+    /// both directions; this default runs the two directions one after the other.
+    fn bimamba(&self, layer: usize, input: &Self::Buf, acc: &mut Self::Buf, len: usize, view: View) -> Result<()> {
+        self.mixer(layer, Dir::Fwd, input, acc, len, view)?;
+        self.mixer(layer, Dir::Rev, input, acc, len, View { backward: !view.backward, ..view })
+    }
     /// Copy rows `start..start + dst.len() / width` to host memory.
     fn read_rows(&self, buf: &Self::Buf, start: usize, dst: &mut [f32]) -> Result<()>;
 }

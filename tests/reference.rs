@@ -10,14 +10,20 @@ const TOL: f64 = 1e-4;
 const MODELS: [&str; 4] = ["ph", "ps", "causal", "ph_bf16"];
 
 fn check(model_name: &str, key: &str, strand: Strand, feature: Feature, chunk: usize) {
+    for share in [true, false] {
+        check_one(model_name, key, strand, feature, chunk, share);
+    }
+}
+
+fn check_one(model_name: &str, key: &str, strand: Strand, feature: Feature, chunk: usize, share: bool) {
     let model = load(model_name);
     for (id, seq) in inputs() {
         let (shape, want) = expected(model_name, &format!("{key}.{id}"));
         for linear in [false, true] {
-            let got = run(&model, &seq, strand, feature, chunk, 1 << 20, 0, linear);
+            let got = run(&model, &seq, strand, feature, chunk, share, 1 << 20, 0, linear);
             assert_eq!(got.len(), shape.iter().product::<usize>(), "{model_name} {key}.{id} shape {shape:?}");
             let err = rel_err(&got, &want);
-            assert!(err <= TOL, "{model_name} {key}.{id} chunk {chunk}: relative error {err:.3e}");
+            assert!(err <= TOL, "{model_name} {key}.{id} chunk {chunk} share {share}: relative error {err:.3e}");
         }
     }
 }

@@ -17,9 +17,16 @@ use crate::model::{weights::Mamba, Model};
 /// only for one chunk, so memory beyond the two streams is O(chunk), not O(context).
 pub const DEFAULT_CHUNK: usize = 1024;
 
+/// 1 GiB: shares projections up to ~170k positions for d_model 256 (3·512 floats a position).
+pub const DEFAULT_SHARE_BYTES: usize = 1 << 30;
+
 pub struct Cpu {
     model: Arc<Model>,
     chunk: usize,
+    /// Largest full-length buffer pair (in_proj output + gated y, 3·d_inner floats a position)
+    /// spent to compute the tied projections once for both directions; longer contexts run
+    /// the two directions separately, costing ~1.8x the projection work but no memory.
+    share_bytes: usize,
     /// A in the scan's block layout, per layer and direction: [blocks][d_state][16].
     a_blocks: Vec<[Vec<f32>; 2]>,
     isa: simd::Isa,
@@ -45,7 +52,13 @@ impl Cpu {
             .iter()
             .map(|l| [blocks(&l.fwd), l.rev.as_ref().map(blocks).unwrap_or_default()])
             .collect();
-        Cpu { model, chunk: chunk.max(1), a_blocks, isa: simd::isa() }
+        Cpu { model, chunk: chunk.max(1), share_bytes: DEFAULT_SHARE_BYTES, a_blocks, isa: simd::isa() }
+    }
+
+    /// Memory the shared-projection path may take (0 disables it).
+    pub fn with_share_bytes(mut self, bytes: usize) -> Self {
+        self.share_bytes = bytes;
+        self
     }
 
     fn norm_weight(&self, norm: Norm) -> &[f32] {
@@ -84,6 +97,149 @@ struct Scratch {
     out: Vec<f32>,
     conv_state: Vec<f32>,
     ssm_state: Vec<f32>,
+}
+
+/// Where a walk gets each chunk's `[x | z]` rows from.
+enum Xz<'a> {
+    /// Gather the input through the view and project with in_proj.
+    Project { input: &'a CpuBuf, view: View },
+    /// Precomputed for the whole context, rows in physical order.
+    Stored(&'a CpuBuf),
+}
+
+/// Where a walk puts each chunk's gated output y.
+enum Y<'a> {
+    /// Project with out_proj and add into the accumulator through the view.
+    Project { acc: &'a mut CpuBuf, view: View },
+    /// Store (or add) the rows at their physical positions, for one shared out_proj later.
+    Store { y: &'a mut CpuBuf, add: bool },
+}
+
+/// Copy rows `steps` of the walk (physical row `row_of(step)`) through the view into `u`.
+fn gather(input: &CpuBuf, view: View, steps: std::ops::Range<usize>, row_of: impl Fn(usize) -> usize, d: usize, u: &mut [f32]) {
+    for (step, u) in steps.zip(u.chunks_mut(d)) {
+        let src = &input.data[row_of(step) * input.width + view.col..][..d];
+        if view.flip_channels {
+            u.iter_mut().zip(src.iter().rev()).for_each(|(u, x)| *u = *x);
+        } else {
+            u.copy_from_slice(src);
+        }
+    }
+}
+
+/// `acc[row_of(step)] += out[step]` through the view.
+fn scatter_add(acc: &mut CpuBuf, view: View, steps: std::ops::Range<usize>, row_of: impl Fn(usize) -> usize, d: usize, out: &[f32]) {
+    let w = acc.width;
+    for (step, o) in steps.zip(out.chunks(d)) {
+        let dst = &mut acc.data[row_of(step) * w + view.col..][..d];
+        if view.flip_channels {
+            dst.iter_mut().zip(o.iter().rev()).for_each(|(a, v)| *a += *v);
+        } else {
+            dst.iter_mut().zip(o).for_each(|(a, v)| *a += *v);
+        }
+    }
+}
+
+impl Cpu {
+    fn mamba(&self, layer: usize, dir: Dir) -> Result<&Mamba> {
+        let l = &self.model.weights.layers[layer];
+        match dir {
+            Dir::Fwd => Ok(&l.fwd),
+            Dir::Rev => l.rev.as_ref().ok_or_else(|| anyhow::anyhow!("layer {layer} has no reverse mixer")),
+        }
+    }
+
+    fn a_blk(&self, layer: usize, dir: Dir) -> &[f32] {
+        &self.a_blocks[layer][if dir == Dir::Fwd { 0 } else { 1 }]
+    }
+
+    fn check_view(&self, input: &CpuBuf, acc: &CpuBuf, view: View) -> Result<()> {
+        let d = self.model.config.d_model;
+        ensure!(view.col + d <= input.width && view.col + d <= acc.width, "mixer: view outside the buffer");
+        Ok(())
+    }
+
+    fn scratch(&self, len: usize) -> Scratch {
+        let cfg = &self.model.config;
+        let (d, di, n, k) = (cfg.d_model, cfg.d_inner(), cfg.d_state, cfg.d_conv);
+        let nx = cfg.dt_rank() + 2 * n;
+        let t = self.chunk.min(len);
+        Scratch {
+            u: vec![0.0; t * d],
+            xz: vec![0.0; t * 2 * di],
+            xc: vec![0.0; t * di],
+            dbc: vec![0.0; t * nx],
+            delta: vec![0.0; t * di],
+            out: vec![0.0; t * d],
+            conv_state: vec![0.0; (k - 1) * di],
+            ssm_state: vec![0.0; scan::state_len(di, n)],
+        }
+    }
+
+    /// One Mamba direction over `len` positions, chunk by chunk, conv and scan state carried.
+    #[allow(clippy::too_many_arguments)]
+    fn walk(&self, m: &Mamba, a_blk: &[f32], len: usize, backward: bool, s: &mut Scratch, xz_src: Xz<'_>, mut y_dst: Y<'_>) {
+        let cfg = &self.model.config;
+        let (d, di, n, rk) = (cfg.d_model, cfg.d_inner(), cfg.d_state, cfg.dt_rank());
+        let nx = rk + 2 * n;
+        let isa = self.isa;
+        s.conv_state.fill(0.0);
+        s.ssm_state.fill(0.0);
+        let row_of = |step: usize| if backward { len - 1 - step } else { step };
+        let mut start = 0;
+        while start < len {
+            let t = self.chunk.min(len - start);
+            let steps = start..start + t;
+            // 1. [x | z] = u · W_inᵀ
+            match &xz_src {
+                Xz::Project { input, view } => {
+                    gather(input, *view, steps.clone(), row_of, d, &mut s.u);
+                    matmul_t(&mut s.xz, &s.u, d, &m.in_proj, t, 2 * di, d);
+                }
+                Xz::Stored(xz) => {
+                    for (step, dst) in steps.clone().zip(s.xz.chunks_mut(2 * di)) {
+                        dst.copy_from_slice(&xz.data[row_of(step) * 2 * di..][..2 * di]);
+                    }
+                }
+            }
+            // 2. causal depthwise conv + SiLU, state carried from the previous chunk
+            scan::conv_silu(isa, &s.xz[..t * 2 * di], 2 * di, &mut s.xc[..t * di], &mut s.conv_state, &m.conv_w_t, &m.conv_b, di, cfg.d_conv);
+            // 3. [δ | B | C] = x · W_xᵀ;  Δ = softplus(δ · W_dtᵀ + b_dt)  (bias added once, here)
+            matmul_t(&mut s.dbc, &s.xc, di, &m.x_proj, t, nx, di);
+            matmul_t(&mut s.delta, &s.dbc, nx, &m.dt_w, t, di, rk);
+            s.delta[..t * di].par_chunks_mut(di).with_min_len(16).for_each(|row| {
+                simd::vectorized(isa, || {
+                    for (v, b) in row.iter_mut().zip(&m.dt_b) {
+                        *v = simd::softplus(*v + b);
+                    }
+                })
+            });
+            // 4. selective scan, D skip and SiLU(z) gate; y overwrites xc
+            scan::selective_scan(
+                isa,
+                scan::ScanIo { x: &mut s.xc[..t * di], delta: &s.delta[..t * di], dbc: &s.dbc[..t * nx], xz: &s.xz[..t * 2 * di] },
+                &mut s.ssm_state, a_blk, &m.d, di, n, rk,
+            );
+            // 5. out = y · W_outᵀ through the view, or keep y for a shared out_proj
+            match &mut y_dst {
+                Y::Project { acc, view } => {
+                    matmul_t(&mut s.out, &s.xc, di, &m.out_proj, t, d, di);
+                    scatter_add(acc, *view, steps, row_of, d, &s.out);
+                }
+                Y::Store { y, add } => {
+                    for (step, src) in steps.zip(s.xc.chunks(di)) {
+                        let dst = &mut y.data[row_of(step) * di..][..di];
+                        if *add {
+                            dst.iter_mut().zip(src).for_each(|(a, v)| *a += *v);
+                        } else {
+                            dst.copy_from_slice(src);
+                        }
+                    }
+                }
+            }
+            start += t;
+        }
+    }
 }
 
 impl Backend for Cpu {
@@ -160,71 +316,43 @@ impl Backend for Cpu {
     }
 
     fn mixer(&self, layer: usize, dir: Dir, input: &CpuBuf, acc: &mut CpuBuf, len: usize, view: View) -> Result<()> {
-        let cfg = &self.model.config;
-        let l = &self.model.weights.layers[layer];
-        let (m, a_blk) = match dir {
-            Dir::Fwd => (&l.fwd, &self.a_blocks[layer][0]),
-            Dir::Rev => (
-                l.rev.as_ref().ok_or_else(|| anyhow::anyhow!("layer {layer} has no reverse mixer"))?,
-                &self.a_blocks[layer][1],
-            ),
-        };
-        let (d, di, n, k, rk) = (cfg.d_model, cfg.d_inner(), cfg.d_state, cfg.d_conv, cfg.dt_rank());
-        let nx = rk + 2 * n;
-        let t_max = self.chunk.min(len);
-        let mut s = Scratch {
-            u: vec![0.0; t_max * d],
-            xz: vec![0.0; t_max * 2 * di],
-            xc: vec![0.0; t_max * di],
-            dbc: vec![0.0; t_max * nx],
-            delta: vec![0.0; t_max * di],
-            out: vec![0.0; t_max * d],
-            conv_state: vec![0.0; (k - 1) * di],
-            ssm_state: vec![0.0; scan::state_len(di, n)],
-        };
-        let (w_in, w_out) = (input.width, acc.width);
-        ensure!(view.col + d <= w_in && view.col + d <= w_out, "mixer: view outside the buffer");
-        let row_of = |step: usize| if view.backward { len - 1 - step } else { step };
+        let m = self.mamba(layer, dir)?;
+        let mut s = self.scratch(len);
+        self.check_view(input, acc, view)?;
+        self.walk(m, self.a_blk(layer, dir), len, view.backward, &mut s, Xz::Project { input, view }, Y::Project { acc, view });
+        Ok(())
+    }
+
+    fn bimamba(&self, layer: usize, input: &CpuBuf, acc: &mut CpuBuf, len: usize, view: View) -> Result<()> {
+        let (fwd, rev) = (self.mamba(layer, Dir::Fwd)?, self.mamba(layer, Dir::Rev)?);
+        let di = self.model.config.d_inner();
+        let tied = Arc::ptr_eq(&fwd.in_proj, &rev.in_proj) && Arc::ptr_eq(&fwd.out_proj, &rev.out_proj);
+        if !tied || len.saturating_mul(3 * di * 4) > self.share_bytes {
+            self.mixer(layer, Dir::Fwd, input, acc, len, view)?;
+            return self.mixer(layer, Dir::Rev, input, acc, len, View { backward: !view.backward, ..view });
+        }
+        // Shared projections: in_proj once for the whole context, both scans, out_proj once.
+        self.check_view(input, acc, view)?;
+        let d = self.model.config.d_model;
+        let mut xz = self.alloc(len, 2 * di)?;
+        let mut y = self.alloc(len, di)?;
+        let mut s = self.scratch(len);
         let mut start = 0;
         while start < len {
             let t = self.chunk.min(len - start);
-            // 1. gather the chunk's input rows through the view
-            for (j, u) in s.u[..t * d].chunks_mut(d).enumerate() {
-                let src = &input.data[row_of(start + j) * w_in + view.col..][..d];
-                if view.flip_channels {
-                    u.iter_mut().zip(src.iter().rev()).for_each(|(u, x)| *u = *x);
-                } else {
-                    u.copy_from_slice(src);
-                }
-            }
-            // 2. [x | z] = u · W_inᵀ
-            matmul_t(&mut s.xz, &s.u, d, &m.in_proj, t, 2 * di, d);
-            // 3. causal depthwise conv + SiLU, state carried from the previous chunk
-            scan::conv_silu(&s.xz[..t * 2 * di], 2 * di, &mut s.xc[..t * di], &mut s.conv_state, &m.conv_w, &m.conv_b, di, k);
-            // 4. [δ | B | C] = x · W_xᵀ;  Δ = softplus(δ · W_dtᵀ + b_dt)  (bias added once, here)
-            matmul_t(&mut s.dbc, &s.xc, di, &m.x_proj, t, nx, di);
-            matmul_t(&mut s.delta, &s.dbc, nx, &m.dt_w, t, di, rk);
-            s.delta[..t * di].par_chunks_mut(di).for_each(|row| {
-                for (v, b) in row.iter_mut().zip(&m.dt_b) {
-                    *v = simd::softplus(*v + b);
-                }
-            });
-            // 5. selective scan, D skip and SiLU(z) gate; y overwrites xc
-            scan::selective_scan(
-                self.isa,
-                scan::ScanIo { x: &mut s.xc[..t * di], delta: &s.delta[..t * di], dbc: &s.dbc[..t * nx], xz: &s.xz[..t * 2 * di] },
-                &mut s.ssm_state, a_blk, &m.d, di, n, rk,
-            );
-            // 6. out = y · W_outᵀ, scattered back through the view
-            matmul_t(&mut s.out, &s.xc, di, &m.out_proj, t, d, di);
-            for (j, o) in s.out[..t * d].chunks(d).enumerate() {
-                let dst = &mut acc.data[row_of(start + j) * w_out + view.col..][..d];
-                if view.flip_channels {
-                    dst.iter_mut().zip(o.iter().rev()).for_each(|(a, v)| *a += *v);
-                } else {
-                    dst.iter_mut().zip(o).for_each(|(a, v)| *a += *v);
-                }
-            }
+            gather(input, view, start..start + t, |j| j, d, &mut s.u);
+            matmul_t(&mut xz.data[start * 2 * di..], &s.u, d, &fwd.in_proj, t, 2 * di, d);
+            start += t;
+        }
+        // rows of xz and y are in physical order; the walks read them forwards or backwards
+        self.walk(fwd, self.a_blk(layer, Dir::Fwd), len, view.backward, &mut s, Xz::Stored(&xz), Y::Store { y: &mut y, add: false });
+        self.walk(rev, self.a_blk(layer, Dir::Rev), len, !view.backward, &mut s, Xz::Stored(&xz), Y::Store { y: &mut y, add: true });
+        drop(xz);
+        let mut start = 0;
+        while start < len {
+            let t = self.chunk.min(len - start);
+            matmul_t(&mut s.out, &y.data[start * di..], di, &fwd.out_proj, t, d, di);
+            scatter_add(acc, view, start..start + t, |j| j, d, &s.out);
             start += t;
         }
         Ok(())

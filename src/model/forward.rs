@@ -18,23 +18,14 @@ pub struct Engine<B: Backend> {
     len: usize,
 }
 
-/// The mixer calls of one layer: (direction, view), in the order they accumulate.
-fn passes(cfg: &Config) -> Vec<(Dir, View)> {
-    let d = cfg.d_model;
-    let v = |col, flip_channels, backward| View { col, flip_channels, backward };
-    let mut p = vec![(Dir::Fwd, v(0, false, false))];
-    if cfg.bidirectional {
-        // M(u) = Mamba_fwd(u) + flipL(Mamba_rev(flipL(u)))
-        p.push((Dir::Rev, v(0, false, true)));
-    }
+/// The views a layer's mixer runs through: the first half as is and, for RCPS, the second
+/// half as flipLC(M(flipLC(n2))), where each flip becomes a walk direction or channel order.
+fn views(cfg: &Config) -> Vec<View> {
+    let mut v = vec![View { col: 0, flip_channels: false, backward: false }];
     if cfg.rcps {
-        // second half: flipLC(M(flipLC(n2))) — every flip becomes a walk direction / channel order
-        p.push((Dir::Fwd, v(d, true, true)));
-        if cfg.bidirectional {
-            p.push((Dir::Rev, v(d, true, false)));
-        }
+        v.push(View { col: cfg.d_model, flip_channels: true, backward: true });
     }
-    p
+    v
 }
 
 impl<B: Backend> Engine<B> {
@@ -65,15 +56,20 @@ impl<B: Backend> Engine<B> {
         let (r, n) = self.streams.as_mut().expect("allocated above");
         let b = &self.backend;
         let swap = self.cfg.rcps && self.cfg.fused_add_norm;
-        let passes = passes(&self.cfg);
+        let views = views(&self.cfg);
         b.embed(tokens, r)?;
         for layer in 0..self.cfg.n_layer {
             if swap {
                 b.swap_halves(r, len)?;
             }
             b.rms_norm(r, n, len, Norm::Layer(layer))?;
-            for &(dir, view) in &passes {
-                b.mixer(layer, dir, n, r, len, view)?;
+            for &view in &views {
+                if self.cfg.bidirectional {
+                    // M(u) = Mamba_fwd(u) + flipL(Mamba_rev(flipL(u)))
+                    b.bimamba(layer, n, r, len, view)?;
+                } else {
+                    b.mixer(layer, Dir::Fwd, n, r, len, view)?;
+                }
             }
         }
         b.rms_norm(r, n, len, Norm::Final)?;

@@ -21,6 +21,8 @@ pub struct Mamba {
     pub in_proj: Arc<[f32]>,
     /// [d_inner, d_conv] (the file's [d_inner, 1, d_conv]).
     pub conv_w: Vec<f32>,
+    /// The same transposed to [d_conv, d_inner], the layout the CPU conv reads.
+    pub conv_w_t: Vec<f32>,
     pub conv_b: Vec<f32>,
     /// [dt_rank + 2·d_state, d_inner]
     pub x_proj: Vec<f32>,
@@ -247,9 +249,12 @@ impl Weights {
                     ),
                 };
                 let a_log = r.take(&format!("{p}A_log"), &[di, n])?;
+                let conv_w = r.take(&format!("{p}conv1d.weight"), &[di, 1, k])?;
+                let conv_w_t = (0..k * di).map(|i| conv_w[(i % di) * k + i / di]).collect();
                 Ok(Mamba {
                     in_proj,
-                    conv_w: r.take(&format!("{p}conv1d.weight"), &[di, 1, k])?,
+                    conv_w,
+                    conv_w_t,
                     conv_b: r.take(&format!("{p}conv1d.bias"), &[di])?,
                     x_proj: r.take(&format!("{p}x_proj.weight"), &[rk + 2 * n, di])?,
                     dt_w: r.take(&format!("{p}dt_proj.weight"), &[di, rk])?,

@@ -68,10 +68,12 @@ impl Sink for Collect {
 }
 
 /// Per-position rows of `seq` through `model` on the CPU backend.
-pub fn run(model: &Arc<Model>, seq: &[u8], strand: Strand, feature: Feature, chunk: usize, context: usize, overlap: usize, linear: bool) -> Vec<f32> {
+/// `share`: whether the tied in/out projections may be computed once for both directions.
+#[allow(clippy::too_many_arguments)]
+pub fn run(model: &Arc<Model>, seq: &[u8], strand: Strand, feature: Feature, chunk: usize, share: bool, context: usize, overlap: usize, linear: bool) -> Vec<f32> {
     let mut tokens = Vec::new();
     dna_mamba::tokenizer::encode_into(seq, &mut tokens);
-    let cpu = Cpu::with_chunk(model.clone(), chunk);
+    let cpu = Cpu::with_chunk(model.clone(), chunk).with_share_bytes(if share { usize::MAX } else { 0 });
     let mut e = Embedder::new(cpu, model.clone(), strand, feature, context, overlap).unwrap();
     let mut sink = Collect::new(tokens.len(), e.width(), linear);
     e.record(&tokens, &mut sink, &mut |_| {}).unwrap();

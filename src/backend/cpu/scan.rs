@@ -32,27 +32,32 @@ pub fn a_blocks(a: &[f32], di: usize, n: usize) -> Vec<f32> {
 /// `xc[t, c] = SiLU(b[c] + Σ_k w[c, k] · x[t-(K-1)+k, c])` with `x` the first `di` columns of
 /// `xz` (row stride `xz_stride`) and rows before the chunk taken from `state` (the previous
 /// chunk's last K-1 inputs, oldest first; zeros at the sequence start). Updates `state`.
-pub fn conv_silu(xz: &[f32], xz_stride: usize, xc: &mut [f32], state: &mut [f32], w: &[f32], b: &[f32], di: usize, k: usize) {
+/// `w_t` is the conv weight transposed to `[k, di]` so each tap is a contiguous row.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_silu(isa: Isa, xz: &[f32], xz_stride: usize, xc: &mut [f32], state: &mut [f32], w_t: &[f32], b: &[f32], di: usize, k: usize) {
     let t = xc.len() / di;
     let hist = k - 1;
     let state_ro: &[f32] = state;
-    xc.par_chunks_mut(di).enumerate().for_each(|(j, out)| {
-        out.copy_from_slice(&b[..di]);
-        for tap in 0..k {
-            // source position relative to the chunk start
-            let src = j as isize - hist as isize + tap as isize;
-            let row: &[f32] = if src >= 0 {
-                &xz[src as usize * xz_stride..][..di]
-            } else {
-                &state_ro[(hist as isize + src) as usize * di..][..di]
-            };
-            for c in 0..di {
-                out[c] += w[c * k + tap] * row[c];
+    xc.par_chunks_mut(di).with_min_len(16).enumerate().for_each(|(j, out)| {
+        simd::vectorized(isa, || {
+            out.copy_from_slice(&b[..di]);
+            for tap in 0..k {
+                // source position relative to the chunk start
+                let src = j as isize - hist as isize + tap as isize;
+                let row: &[f32] = if src >= 0 {
+                    &xz[src as usize * xz_stride..][..di]
+                } else {
+                    &state_ro[(hist as isize + src) as usize * di..][..di]
+                };
+                let w = &w_t[tap * di..][..di];
+                for ((o, x), w) in out.iter_mut().zip(row).zip(w) {
+                    *o += w * x;
+                }
             }
-        }
-        for v in out.iter_mut() {
-            *v = simd::silu(*v);
-        }
+            for v in out.iter_mut() {
+                *v = simd::silu(*v);
+            }
+        })
     });
     // keep the last K-1 inputs (oldest first), reaching back into the old state if t < K-1
     let mut next = vec![0.0; hist * di];
@@ -152,6 +157,54 @@ fn load(src: &[f32], width: usize) -> [f32; LANES] {
 /// h = exp(Δ·A)·h + Δ·B·x;  y = h·C + D·x;  y ·= SiLU(z)   for LANES channels over the chunk.
 #[inline(always)]
 unsafe fn scan_block(b: &Block<'_>, st: &mut [f32]) {
+    // d_state 16 (every released model): a fixed-size state the compiler keeps in registers
+    if b.n == 16 {
+        unsafe { scan_fixed::<16>(b, st) }
+    } else {
+        unsafe { scan_dyn(b, st) }
+    }
+}
+
+#[inline(always)]
+unsafe fn scan_fixed<const N: usize>(b: &Block<'_>, st: &mut [f32]) {
+    let (w, di) = (b.width, b.di);
+    let dsk = load(&b.d_skip[b.c0..], w);
+    let mut h = [[0.0f32; LANES]; N];
+    let mut a = [[0.0f32; LANES]; N];
+    for s in 0..N {
+        h[s].copy_from_slice(&st[s * LANES..][..LANES]);
+        a[s].copy_from_slice(&b.a[s * LANES..][..LANES]);
+    }
+    for j in 0..b.t {
+        // SAFETY: see selective_scan; the row slice is within x and only our lanes are used.
+        let xrow = unsafe { std::slice::from_raw_parts_mut(b.x.add(j * di + b.c0), w) };
+        let xv = load(xrow, w);
+        let dl = load(&b.delta[j * di + b.c0..], w);
+        let z = load(&b.xz[j * 2 * di + di + b.c0..], w);
+        let bc: &[f32; 2 * 16] = b.dbc[j * (b.rk + 2 * N) + b.rk..][..2 * 16].try_into().unwrap();
+        let mut dx = [0.0f32; LANES];
+        for l in 0..LANES {
+            dx[l] = dl[l] * xv[l];
+        }
+        let mut y = [0.0f32; LANES];
+        for s in 0..N {
+            let (bs, cs) = (bc[s], bc[N + s]);
+            for l in 0..LANES {
+                h[s][l] = simd::exp(dl[l] * a[s][l]) * h[s][l] + dx[l] * bs;
+                y[l] += h[s][l] * cs;
+            }
+        }
+        for l in 0..w {
+            xrow[l] = (y[l] + dsk[l] * xv[l]) * simd::silu(z[l]);
+        }
+    }
+    for s in 0..N {
+        st[s * LANES..][..LANES].copy_from_slice(&h[s]);
+    }
+}
+
+#[inline(always)]
+unsafe fn scan_dyn(b: &Block<'_>, st: &mut [f32]) {
     let (n, w, di) = (b.n, b.width, b.di);
     let dsk = load(&b.d_skip[b.c0..], w);
     for j in 0..b.t {

@@ -1,0 +1,115 @@
+//! Finding the CUDA libraries without panicking, and compiling `kernels/*.cu` with NVRTC.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use anyhow::{anyhow, bail, Result};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions, Ptx};
+
+/// Each file is a self-contained NVRTC program (no headers), loaded as its own module.
+const STREAM: (&str, &str) = ("stream.cu", include_str!("../../../kernels/stream.cu"));
+const CONV: (&str, &str) = ("conv.cu", include_str!("../../../kernels/conv.cu"));
+const SCAN: (&str, &str) = ("scan.cu", include_str!("../../../kernels/scan.cu"));
+
+/// cudarc panics (inside a `OnceLock`) when a library it needs is missing, so each one is
+/// probed first and reported as an error.
+pub fn check_libraries() -> Result<()> {
+    // SAFETY: each probe only dlopens and closes the library; nothing is called through it.
+    let (driver, nvrtc, cublas) = unsafe {
+        (
+            cudarc::driver::sys::is_culib_present(),
+            cudarc::nvrtc::sys::is_culib_present(),
+            cudarc::cublas::sys::is_culib_present(),
+        )
+    };
+    if !driver {
+        bail!("no CUDA driver found (libcuda.so could not be loaded)");
+    }
+    if !nvrtc {
+        bail!(
+            "the CUDA driver is present but NVRTC (libnvrtc.so.13) is not: install the CUDA 13 \
+             toolkit or the nvidia-cuda-nvrtc wheel and add its lib folder to LD_LIBRARY_PATH"
+        );
+    }
+    if !cublas {
+        bail!(
+            "the CUDA driver is present but cuBLAS (libcublas.so.13) is not: install the CUDA 13 \
+             toolkit or the nvidia-cublas wheel and add its lib folder to LD_LIBRARY_PATH"
+        );
+    }
+    Ok(())
+}
+
+/// Runs a cudarc call, turning a panic (e.g. a driver too old for a symbol) into an error.
+pub fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            Err(anyhow!("{what}: {msg}"))
+        }
+    }
+}
+
+type Key = (&'static str, (i32, i32), usize);
+
+/// PTX per (file, compute capability, d_state): compiled once per process.
+fn ptx((file, src): (&'static str, &str), cc: (i32, i32), d_state: usize) -> Result<Ptx> {
+    static CACHE: OnceLock<Mutex<HashMap<Key, String>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let key = (file, cc, d_state);
+    if let Some(ptx) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(Ptx::from_src(ptx.clone()));
+    }
+    let opts = CompileOptions {
+        options: vec![
+            format!("--gpu-architecture=sm_{}{}", cc.0, cc.1),
+            format!("-DD_STATE={d_state}"),
+            "--std=c++17".into(),
+        ],
+        ..Default::default()
+    };
+    let ptx = compile_ptx_with_opts(src, opts).map_err(|e| match e {
+        CompileError::CompileError { log, .. } => {
+            anyhow!("NVRTC failed to compile kernels/{file}:\n{}", log.to_string_lossy())
+        }
+        other => anyhow!("NVRTC, kernels/{file}: {other}"),
+    })?;
+    cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, ptx.to_src());
+    Ok(ptx)
+}
+
+/// The kernels of `kernels/*.cu`, loaded into one context.
+pub struct Kernels {
+    pub embed: CudaFunction,
+    pub swap_halves: CudaFunction,
+    pub rms_norm: CudaFunction,
+    pub conv_silu: CudaFunction,
+    pub scan_ends: CudaFunction,
+    pub scan_combine: CudaFunction,
+    pub scan_output: CudaFunction,
+}
+
+impl Kernels {
+    pub fn load(ctx: &Arc<CudaContext>, d_state: usize) -> Result<Self> {
+        let cc = ctx.compute_capability()?;
+        let load = |file| ctx.load_module(ptx(file, cc, d_state)?).map_err(anyhow::Error::from);
+        let (stream, conv, scan) = (load(STREAM)?, load(CONV)?, load(SCAN)?);
+        let f = |m: &Arc<CudaModule>, name: &str| m.load_function(name).map_err(|e| anyhow!("kernel {name}: {e}"));
+        Ok(Kernels {
+            embed: f(&stream, "embed")?,
+            swap_halves: f(&stream, "swap_halves")?,
+            rms_norm: f(&stream, "rms_norm")?,
+            conv_silu: f(&conv, "conv_silu")?,
+            scan_ends: f(&scan, "scan_ends")?,
+            scan_combine: f(&scan, "scan_combine")?,
+            scan_output: f(&scan, "scan_output")?,
+        })
+    }
+}
