@@ -64,6 +64,16 @@ pub trait Backend {
         self.mixer(layer, Dir::Fwd, input, acc, len, view)?;
         self.mixer(layer, Dir::Rev, input, acc, len, View { backward: !view.backward, ..view })
     }
+    /// Like `mixer` for the forward direction in plain orientation, but the conv and scan
+    /// state start from and are written back to `state` (from `alloc_state`), so a causal
+    /// model can run a record segment by segment as one exact context.
+    fn mixer_carry(&self, _layer: usize, _input: &Self::Buf, _acc: &mut Self::Buf, _len: usize, _state: &mut Self::Buf) -> Result<()> {
+        anyhow::bail!("{}: streaming causal contexts are not implemented on this backend", self.name())
+    }
+    /// A zeroed carry state for `mixer_carry`.
+    fn alloc_state(&self) -> Result<Self::Buf> {
+        anyhow::bail!("{}: streaming causal contexts are not implemented on this backend", self.name())
+    }
     /// Copy rows `start..start + dst.len() / width` to host memory.
     fn read_rows(&self, buf: &Self::Buf, start: usize, dst: &mut [f32]) -> Result<()>;
 }

@@ -138,6 +138,29 @@ impl<B: Backend> Embedder<B> {
         let mut held: Vec<f32> = Vec::new();
         let mut block = Vec::new();
         let mut row = vec![0.0; width];
+        if self.engine.can_stream() && self.strand == Strand::Fwd {
+            // a causal model sees only the past: one exact context, computed segment by segment
+            let mut start = 0;
+            while start < tokens.len() {
+                let end = (start + self.context).min(tokens.len());
+                self.engine.run_segment(&tokens[start..end], start == 0)?;
+                let mut done = start;
+                while done < end {
+                    let nb = 4096.min(end - done);
+                    block.resize(nb * hw, 0.0);
+                    self.engine.read_rows(done - start, &mut block)?;
+                    for (j, h) in block.chunks(hw).enumerate() {
+                        self.feature_row(h, false, &mut row);
+                        sink.add(done + j, &row, 1.0)?;
+                    }
+                    done += nb;
+                }
+                sink.flush(end)?;
+                progress(end);
+                start = end;
+            }
+            return Ok(());
+        }
         for tile in tiling::plan(tokens.len(), self.context, self.overlap) {
             let Tile { start, end, keep_start, keep_end } = tile;
             let t = end - start;

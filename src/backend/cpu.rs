@@ -178,13 +178,21 @@ impl Cpu {
 
     /// One Mamba direction over `len` positions, chunk by chunk, conv and scan state carried.
     #[allow(clippy::too_many_arguments)]
-    fn walk(&self, m: &Mamba, a_blk: &[f32], len: usize, backward: bool, s: &mut Scratch, xz_src: Xz<'_>, mut y_dst: Y<'_>) {
+    fn walk(&self, m: &Mamba, a_blk: &[f32], len: usize, backward: bool, s: &mut Scratch, xz_src: Xz<'_>, y_dst: Y<'_>) {
+        self.walk_from(m, a_blk, len, backward, s, xz_src, y_dst, false)
+    }
+
+    /// `walk`, optionally continuing from the state already in `s` (`carry`).
+    #[allow(clippy::too_many_arguments)]
+    fn walk_from(&self, m: &Mamba, a_blk: &[f32], len: usize, backward: bool, s: &mut Scratch, xz_src: Xz<'_>, mut y_dst: Y<'_>, carry: bool) {
         let cfg = &self.model.config;
         let (d, di, n, rk) = (cfg.d_model, cfg.d_inner(), cfg.d_state, cfg.dt_rank());
         let nx = rk + 2 * n;
         let isa = self.isa;
-        s.conv_state.fill(0.0);
-        s.ssm_state.fill(0.0);
+        if !carry {
+            s.conv_state.fill(0.0);
+            s.ssm_state.fill(0.0);
+        }
         let row_of = |step: usize| if backward { len - 1 - step } else { step };
         let mut start = 0;
         while start < len {
@@ -320,6 +328,28 @@ impl Backend for Cpu {
         let mut s = self.scratch(len);
         self.check_view(input, acc, view)?;
         self.walk(m, self.a_blk(layer, dir), len, view.backward, &mut s, Xz::Project { input, view }, Y::Project { acc, view });
+        Ok(())
+    }
+
+    fn alloc_state(&self) -> Result<CpuBuf> {
+        let cfg = &self.model.config;
+        let di = cfg.d_inner();
+        let conv = (cfg.d_conv - 1) * di;
+        self.alloc(1, conv + scan::state_len(di, cfg.d_state))
+    }
+
+    fn mixer_carry(&self, layer: usize, input: &CpuBuf, acc: &mut CpuBuf, len: usize, state: &mut CpuBuf) -> Result<()> {
+        let m = self.mamba(layer, Dir::Fwd)?;
+        let view = View { col: 0, flip_channels: false, backward: false };
+        self.check_view(input, acc, view)?;
+        let mut s = self.scratch(len);
+        let nc = s.conv_state.len();
+        ensure!(state.data.len() == nc + s.ssm_state.len(), "mixer_carry: state of the wrong size");
+        s.conv_state.copy_from_slice(&state.data[..nc]);
+        s.ssm_state.copy_from_slice(&state.data[nc..]);
+        self.walk_from(m, self.a_blk(layer, Dir::Fwd), len, false, &mut s, Xz::Project { input, view }, Y::Project { acc, view }, true);
+        state.data[..nc].copy_from_slice(&s.conv_state);
+        state.data[nc..].copy_from_slice(&s.ssm_state);
         Ok(())
     }
 

@@ -16,6 +16,8 @@ pub struct Engine<B: Backend> {
     streams: Option<(B::Buf, B::Buf)>,
     capacity: usize,
     len: usize,
+    /// Per-layer conv + scan state carried between segments of a streamed causal record.
+    carry: Vec<B::Buf>,
 }
 
 /// The views a layer's mixer runs through: the first half as is and, for RCPS, the second
@@ -30,7 +32,7 @@ fn views(cfg: &Config) -> Vec<View> {
 
 impl<B: Backend> Engine<B> {
     pub fn new(backend: B, cfg: Config) -> Self {
-        Engine { backend, cfg, streams: None, capacity: 0, len: 0 }
+        Engine { backend, cfg, streams: None, capacity: 0, len: 0, carry: Vec::new() }
     }
 
     pub fn backend(&self) -> &B {
@@ -41,11 +43,7 @@ impl<B: Backend> Engine<B> {
         &self.cfg
     }
 
-    /// Compute the final normalized hidden states of `tokens` (one context, no padding).
-    /// Read them with `read_rows`.
-    pub fn run(&mut self, tokens: &[u8]) -> Result<()> {
-        let len = tokens.len();
-        anyhow::ensure!(len > 0, "empty context");
+    fn ensure_streams(&mut self, len: usize) -> Result<()> {
         let width = self.cfg.hidden_width();
         if self.capacity < len {
             // Drop the old pair first so peak memory is one pair, not two.
@@ -53,6 +51,43 @@ impl<B: Backend> Engine<B> {
             self.streams = Some((self.backend.alloc(len, width)?, self.backend.alloc(len, width)?));
             self.capacity = len;
         }
+        Ok(())
+    }
+
+    /// Whether records can be streamed as one exact context (`run_segment`): a causal stack
+    /// without RCPS, whose every layer only looks back.
+    pub fn can_stream(&self) -> bool {
+        !self.cfg.bidirectional && !self.cfg.rcps
+    }
+
+    /// Causal models: compute the next `tokens` of a record as the continuation of the
+    /// segments before it (`first` starts a new record). Memory is one segment, not the record.
+    pub fn run_segment(&mut self, tokens: &[u8], first: bool) -> Result<()> {
+        anyhow::ensure!(self.can_stream(), "only causal models without RCPS can be streamed");
+        let len = tokens.len();
+        anyhow::ensure!(len > 0, "empty context");
+        self.ensure_streams(len)?;
+        if first || self.carry.len() != self.cfg.n_layer {
+            self.carry = (0..self.cfg.n_layer).map(|_| self.backend.alloc_state()).collect::<Result<_>>()?;
+        }
+        let (r, n) = self.streams.as_mut().expect("allocated above");
+        let b = &self.backend;
+        b.embed(tokens, r)?;
+        for (layer, state) in self.carry.iter_mut().enumerate() {
+            b.rms_norm(r, n, len, Norm::Layer(layer))?;
+            b.mixer_carry(layer, n, r, len, state)?;
+        }
+        b.rms_norm(r, n, len, Norm::Final)?;
+        self.len = len;
+        Ok(())
+    }
+
+    /// Compute the final normalized hidden states of `tokens` (one context, no padding).
+    /// Read them with `read_rows`.
+    pub fn run(&mut self, tokens: &[u8]) -> Result<()> {
+        let len = tokens.len();
+        anyhow::ensure!(len > 0, "empty context");
+        self.ensure_streams(len)?;
         let (r, n) = self.streams.as_mut().expect("allocated above");
         let b = &self.backend;
         let swap = self.cfg.rcps && self.cfg.fused_add_norm;
