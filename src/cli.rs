@@ -39,8 +39,9 @@ pub struct Common {
     /// Model folder with config.json + model.safetensors (Hugging Face layout).
     #[arg(short, long, value_name = "DIR")]
     pub model: Option<PathBuf>,
-    /// Compute device.
-    #[arg(long, default_value = "cpu", value_name = "auto|cpu|cuda|cuda:N")]
+    /// Compute device: auto uses the first GPU when the CUDA driver, NVRTC and cuBLAS load,
+    /// else the CPU (with one notice on stderr).
+    #[arg(long, default_value = "auto", value_name = "auto|cpu|cuda|cuda:N")]
     pub device: String,
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(short, long)]
@@ -163,16 +164,57 @@ struct Totals {
     unknown: usize,
 }
 
+/// What `--device` asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Device {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "auto" => Ok(Device::Auto),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(Device::Cuda)
+            .ok_or_else(|| anyhow!("--device {s}: expected auto, cpu, cuda or cuda:N")),
+    }
+}
+
 fn embed(a: EmbedArgs) -> Result<()> {
     let model = load_model(&a.common)?;
-    match a.common.device.as_str() {
-        "cpu" | "auto" => {
-            let cpu = Cpu::with_chunk(model.clone(), a.chunk);
-            embed_on(cpu, model, &a)
+    let device = parse_device(&a.common.device)?;
+    #[cfg(feature = "cuda")]
+    {
+        use crate::backend::cuda;
+        let ordinal = match device {
+            Device::Cpu => None,
+            Device::Cuda(n) => Some(n),
+            Device::Auto => match cuda::available() {
+                Ok(n) if n > 0 => Some(0),
+                Ok(_) => None,
+                Err(e) => {
+                    if !a.common.quiet {
+                        eprintln!("note: no usable GPU ({e:#}); running on the CPU");
+                    }
+                    None
+                }
+            },
+        };
+        if let Some(n) = ordinal {
+            let gpu = cuda::Cuda::new(model.clone(), n).with_context(|| format!("--device cuda:{n}"))?;
+            return embed_on(gpu, model, &a);
         }
-        d if d.starts_with("cuda") => bail!("--device {d}: the CUDA backend is not in this build yet"),
-        d => bail!("--device {d}: expected auto, cpu, cuda or cuda:N"),
     }
+    #[cfg(not(feature = "cuda"))]
+    if let Device::Cuda(_) = device {
+        bail!("--device cuda: this binary was built without the `cuda` feature");
+    }
+    embed_on(Cpu::with_chunk(model.clone(), a.chunk), model, &a)
 }
 
 fn value_names(feature: Feature, width: usize) -> Vec<String> {

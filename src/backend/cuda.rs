@@ -28,9 +28,15 @@ use module::{guarded, Kernels};
 
 /// Positions per chunk: large enough that the projections are efficient GEMMs, small
 /// enough that the per-chunk intermediates stay ~(5·d_inner)·4 B per row.
-pub const DEFAULT_CHUNK: usize = 8192;
+pub const DEFAULT_CHUNK: usize = 16384;
 /// Shortest scan segment: below this the sequential combine over segments starts to cost.
 const MIN_SEGMENT: usize = 32;
+/// Shared memory a scan block may use for its segment's B and C rows (the default limit).
+const SCAN_SMEM: usize = 48 << 10;
+/// Time steps per conv thread (RUN in kernels/conv.cu).
+const CONV_RUN: usize = 8;
+/// Warps per scan_combine block (COMBINE_GROUPS in kernels/scan.cu).
+const COMBINE_GROUPS: u32 = 32;
 
 /// Number of CUDA devices, or why none can be used.
 pub fn available() -> Result<usize> {
@@ -136,7 +142,7 @@ impl Cuda {
         let stream = ctx.new_stream()?;
         let blas = CudaBlas::new(stream.clone()).context("cuBLAS")?;
         let cfg = &model.config;
-        let k = Kernels::load(&ctx, cfg.d_state)?;
+        let k = Kernels::load(&ctx, cfg.d_state, cfg.d_conv)?;
         let sms = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as usize;
         let (major, minor) = ctx.compute_capability()?;
         let label = format!("cuda:{ordinal} ({}, sm_{major}{minor}, f32)", ctx.name()?);
@@ -249,7 +255,7 @@ impl Cuda {
         if slot.as_ref().is_none_or(|s| s.rows < rows) {
             *slot = None; // free the old set before allocating the larger one
             let z = |len: usize| self.stream.alloc_zeros::<f32>(len.max(1));
-            let segs = rows.div_ceil(MIN_SEGMENT);
+            let segs = rows.div_ceil(self.shortest_segment());
             *slot = Some(Scratch {
                 rows,
                 xz: z(rows * 2 * di)?,
@@ -267,11 +273,20 @@ impl Cuda {
     }
 
     /// Segment length for a chunk of `t` steps: enough (segment, channel) threads to fill
-    /// the GPU about twice over, but no shorter than MIN_SEGMENT.
+    /// the GPU about twice over, no shorter than MIN_SEGMENT, and short enough for the
+    /// segment's B and C rows to fit in shared memory.
     fn segment_len(&self, t: usize) -> usize {
-        let di = self.model.config.d_inner();
-        let want_segments = (self.sms * 2048).div_ceil(di).max(1);
-        t.div_ceil(want_segments).max(MIN_SEGMENT)
+        let cfg = &self.model.config;
+        let want_segments = (self.sms * 2048).div_ceil(cfg.d_inner()).max(1);
+        t.div_ceil(want_segments).max(self.shortest_segment()).min(self.longest_segment())
+    }
+
+    fn longest_segment(&self) -> usize {
+        (SCAN_SMEM / (2 * self.model.config.d_state * 4)).max(1)
+    }
+
+    fn shortest_segment(&self) -> usize {
+        MIN_SEGMENT.min(self.longest_segment())
     }
 }
 
@@ -362,8 +377,7 @@ impl Backend for Cuda {
             (Some((i, o)), true) => (i, o),
             (None, true) => anyhow::bail!("channel-flipped view on a model without RCPS"),
         };
-        let (di32, nx32, rk32, k32) =
-            (i32_of(di, "d_inner")?, i32_of(nx, "x_proj rows")?, i32_of(rk, "dt_rank")?, i32_of(cfg.d_conv, "d_conv")?);
+        let (di32, nx32, rk32) = (i32_of(di, "d_inner")?, i32_of(nx, "x_proj rows")?, i32_of(rk, "dt_rank")?);
         let rev32 = view.backward as i32;
 
         let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
@@ -384,10 +398,10 @@ impl Backend for Cuda {
 
             let mut b = self.stream.launch_builder(&self.k.conv_silu);
             b.arg(&s.xz).arg(&mut s.xc).arg(&s.conv_in).arg(&mut s.conv_out);
-            b.arg(&m.conv_w).arg(&m.conv_b).arg(&t32).arg(&di32).arg(&k32).arg(&rev32);
+            b.arg(&m.conv_w).arg(&m.conv_b).arg(&t32).arg(&di32).arg(&rev32);
             // SAFETY: xz holds t rows of 2·di, xc t rows of di (scratch rows >= t); the conv
-            // states are (d_conv-1)·di; weights are di·d_conv and di.
-            unsafe { b.launch(grid((t + cfg.d_conv - 1) * di, 256)) }?;
+            // states are (d_conv-1)·di; weights are di·d_conv and di (D_CONV = d_conv).
+            unsafe { b.launch(grid((t.div_ceil(CONV_RUN) + cfg.d_conv - 1) * di, 256)) }?;
             std::mem::swap(&mut s.conv_in, &mut s.conv_out);
 
             // [δ | B | C] = x · W_xᵀ;  δ · W_dtᵀ (the bias and softplus are applied in the scan)
@@ -399,10 +413,10 @@ impl Backend for Cuda {
             ensure!(nseg <= 65535, "scan: too many segments");
             let (seg32, nseg32) = (seg as i32, nseg as i32);
             let threads = di.next_multiple_of(32).min(128) as u32;
-            let seg_grid = LaunchConfig {
+            let seg_grid = |row_floats: usize| LaunchConfig {
                 grid_dim: (di.div_ceil(threads as usize) as u32, nseg as u32, 1),
                 block_dim: (threads, 1, 1),
-                shared_mem_bytes: 0,
+                shared_mem_bytes: (seg * row_floats * 4) as u32,
             };
             let single = nseg == 1;
             if !single {
@@ -410,14 +424,20 @@ impl Backend for Cuda {
                 b.arg(&s.xc).arg(&s.delta).arg(&s.dbc).arg(&m.a2).arg(&m.dt_b).arg(&mut s.h).arg(&mut s.dsum);
                 b.arg(&t32).arg(&di32).arg(&nx32).arg(&rk32).arg(&seg32).arg(&rev32);
                 // SAFETY: nseg·seg covers t rows of the t-row intermediates; h and dsum hold
-                // ceil(rows / MIN_SEGMENT) >= nseg segments.
-                unsafe { b.launch(seg_grid) }?;
+                // ceil(rows / shortest segment) >= nseg segments; shared memory holds seg rows of B.
+                unsafe { b.launch(seg_grid(n)) }?;
                 let mut b = self.stream.launch_builder(&self.k.scan_combine);
                 b.arg(&mut s.h).arg(&s.dsum).arg(&m.a2).arg(&mut s.ssm).arg(&nseg32).arg(&di32);
-                // SAFETY: one thread per (channel, state) cell of the di·n state.
-                unsafe { b.launch(grid(di * n, 128)) }?;
+                let cells = LaunchConfig {
+                    grid_dim: ((di * n).div_ceil(32) as u32, 1, 1),
+                    block_dim: (32, COMBINE_GROUPS, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: 32 state cells per block (the kernel masks cells >= di·n), walking
+                // the nseg segments of h and dsum written above.
+                unsafe { b.launch(cells) }?;
             }
-            let write_back = single as i32;
+            let (delta_ready, write_back) = (!single as i32, single as i32);
             let mut b = self.stream.launch_builder(&self.k.scan_output);
             b.arg(&mut s.xc).arg(&s.delta).arg(&s.dbc).arg(&s.xz).arg(&m.a2).arg(&m.dt_b).arg(&m.d);
             if single {
@@ -425,9 +445,10 @@ impl Backend for Cuda {
             } else {
                 b.arg(&mut s.h);
             }
-            b.arg(&t32).arg(&di32).arg(&nx32).arg(&rk32).arg(&seg32).arg(&rev32).arg(&write_back);
-            // SAFETY: as for scan_ends; with one segment the start state is the di·n carried state.
-            unsafe { b.launch(seg_grid) }?;
+            b.arg(&t32).arg(&di32).arg(&nx32).arg(&rk32).arg(&seg32).arg(&rev32).arg(&delta_ready).arg(&write_back);
+            // SAFETY: as for scan_ends, with seg rows of B and C in shared memory; with one
+            // segment the start state is the di·n carried state.
+            unsafe { b.launch(seg_grid(2 * n)) }?;
 
             // acc += y · W_outᵀ, accumulated in place into the residual's column block
             let mut o = acc.data.slice_mut(r0 * w_out + view.col..);

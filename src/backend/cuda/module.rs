@@ -57,20 +57,22 @@ pub fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     }
 }
 
-type Key = (&'static str, (i32, i32), usize);
+type Key = (&'static str, (i32, i32), usize, usize);
 
-/// PTX per (file, compute capability, d_state): compiled once per process.
-fn ptx((file, src): (&'static str, &str), cc: (i32, i32), d_state: usize) -> Result<Ptx> {
+/// PTX per (file, compute capability, d_state, d_conv): compiled once per process.
+fn ptx((file, src): (&'static str, &str), cc: (i32, i32), d_state: usize, d_conv: usize) -> Result<Ptx> {
     static CACHE: OnceLock<Mutex<HashMap<Key, String>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    let key = (file, cc, d_state);
+    let key = (file, cc, d_state, d_conv);
     if let Some(ptx) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return Ok(Ptx::from_src(ptx.clone()));
     }
     let opts = CompileOptions {
         options: vec![
             format!("--gpu-architecture=sm_{}{}", cc.0, cc.1),
+            // the scan's state and the conv window live in registers: sizes fixed at compile time
             format!("-DD_STATE={d_state}"),
+            format!("-DD_CONV={d_conv}"),
             "--std=c++17".into(),
         ],
         ..Default::default()
@@ -97,9 +99,9 @@ pub struct Kernels {
 }
 
 impl Kernels {
-    pub fn load(ctx: &Arc<CudaContext>, d_state: usize) -> Result<Self> {
+    pub fn load(ctx: &Arc<CudaContext>, d_state: usize, d_conv: usize) -> Result<Self> {
         let cc = ctx.compute_capability()?;
-        let load = |file| ctx.load_module(ptx(file, cc, d_state)?).map_err(anyhow::Error::from);
+        let load = |file| ctx.load_module(ptx(file, cc, d_state, d_conv)?).map_err(anyhow::Error::from);
         let (stream, conv, scan) = (load(STREAM)?, load(CONV)?, load(SCAN)?);
         let f = |m: &Arc<CudaModule>, name: &str| m.load_function(name).map_err(|e| anyhow!("kernel {name}: {e}"));
         Ok(Kernels {

@@ -1,0 +1,228 @@
+// Selective scan for one chunk of a Mamba mixer, parallel over time segments.
+//
+//   h_t = exp(Δ_t·A)·h_{t-1} + Δ_t·B_t·x_t,   y_t = C_t·h_t + D·x_t,   o_t = y_t·SiLU(z_t)
+//   with Δ_t = softplus(δ_t + b_dt) (model-format.md §2.2)
+//
+// The recurrence is linear in h, so a chunk of t steps is cut into segments that run in
+// parallel (one thread per (segment, channel), the D_STATE states in registers):
+//   scan_ends     each segment from h = 0: its end state and Σ Δ (the segment's decay is
+//                 exp(A·ΣΔ)). Reads x and δ (8 B per (step, channel)) and B (shared by all
+//                 channels: staged once per block in shared memory); writes Δ over δ (4 B)
+//                 so the softplus is computed once.
+//   scan_combine  per (channel, state), the segments in order: each end state becomes the
+//                 true start state, and the chunk's final state is left in `state` for the
+//                 next chunk. Two-level: a block's warps take groups of segments.
+//   scan_output   each segment again from its true start state, fusing the output y, the
+//                 D skip and the SiLU(z) gate. Reads x, Δ, z (12 B per (step, channel)),
+//                 B and C (shared memory), and writes o over x (4 B).
+// The exponentials are computed twice rather than storing every h (16× the bytes of x).
+// A single-segment chunk skips the first two kernels: scan_output then starts from `state`,
+// applies the softplus itself, and writes its end state back.
+//
+// Time step j of the chunk lives in storage row j, or t-1-j for a backward walk. The next
+// step's x, δ, z are loaded before the current step is computed, to hide their latency.
+// A2 is A·log2(e), so exp(Δ·A) is one ex2.approx.ftz (relative error ~2^-22; flushing
+// decays below 2^-126 to zero changes nothing at f32 precision). D_STATE is set when the
+// module is compiled.
+
+#ifndef D_STATE
+#define D_STATE 16
+#endif
+
+__device__ __forceinline__ float softplus(float v) { return v > 20.0f ? v : log1pf(expf(v)); }
+__device__ __forceinline__ float silu(float v) { return v / (1.0f + expf(-v)); }
+
+__device__ __forceinline__ float exp2_ftz(float v)
+{
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
+    return r;
+}
+
+__device__ __forceinline__ size_t step_row(int j, int t, int rev)
+{
+    return rev ? (size_t)(t - 1 - j) : (size_t)j;
+}
+
+// Copies `width` values from offset rk of the dbc rows of steps j0..j0+steps into smem,
+// in step order. Called by every thread of the block.
+__device__ __forceinline__ void stage_rows(float* smem, const float* __restrict__ dbc, int j0, int steps,
+                                           int width, int t, int nx, int rk, int rev)
+{
+    for (int e = threadIdx.x; e < steps * width; e += blockDim.x) {
+        const int jj = e / width;
+        smem[e] = dbc[step_row(j0 + jj, t, rev) * nx + rk + (e - jj * width)];
+    }
+    __syncthreads();
+}
+
+__device__ __forceinline__ void load_state_row(float (&v)[D_STATE], const float* p)
+{
+#if D_STATE % 4 == 0
+#pragma unroll
+    for (int q = 0; q < D_STATE / 4; ++q) {
+        const float4 f = reinterpret_cast<const float4*>(p)[q];
+        v[4 * q] = f.x; v[4 * q + 1] = f.y; v[4 * q + 2] = f.z; v[4 * q + 3] = f.w;
+    }
+#else
+#pragma unroll
+    for (int n = 0; n < D_STATE; ++n) v[n] = p[n];
+#endif
+}
+
+// Dynamic shared memory: seg_len · D_STATE floats (B of the segment's steps).
+extern "C" __global__ void scan_ends(const float* __restrict__ x,
+                                     float* __restrict__ delta,
+                                     const float* __restrict__ dbc,
+                                     const float* __restrict__ a2,
+                                     const float* __restrict__ dt_b,
+                                     float* __restrict__ h_end,
+                                     float* __restrict__ dsum,
+                                     int t, int di, int nx, int rk, int seg_len, int rev)
+{
+    extern __shared__ float4 smem4[];
+    float* bs = reinterpret_cast<float*>(smem4);
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    const int s = blockIdx.y;
+    const int j0 = s * seg_len;
+    const int steps = min(seg_len, t - j0);
+    stage_rows(bs, dbc, j0, steps, D_STATE, t, nx, rk, rev);
+    if (c >= di) return;
+    float a[D_STATE], h[D_STATE];
+#pragma unroll
+    for (int n = 0; n < D_STATE; ++n) {
+        a[n] = a2[(size_t)c * D_STATE + n];
+        h[n] = 0.0f;
+    }
+    const float bias = dt_b[c];
+    size_t r = step_row(j0, t, rev);
+    float d_next = delta[r * di + c], x_next = x[r * di + c];
+    float sum = 0.0f;
+    for (int jj = 0; jj < steps; ++jj) {
+        const size_t r_cur = r;
+        const float d_raw = d_next, xv = x_next;
+        if (jj + 1 < steps) {
+            r = step_row(j0 + jj + 1, t, rev);
+            d_next = delta[r * di + c];
+            x_next = x[r * di + c];
+        }
+        const float dl = softplus(d_raw + bias);
+        delta[r_cur * di + c] = dl;
+        const float dx = dl * xv;
+        float bm[D_STATE];
+        load_state_row(bm, bs + jj * D_STATE);
+#pragma unroll
+        for (int n = 0; n < D_STATE; ++n) h[n] = exp2_ftz(dl * a[n]) * h[n] + dx * bm[n];
+        sum += dl;
+    }
+    float* he = h_end + ((size_t)s * di + c) * D_STATE;
+#pragma unroll
+    for (int n = 0; n < D_STATE; ++n) he[n] = h[n];
+    dsum[(size_t)s * di + c] = sum;
+}
+
+#define COMBINE_GROUPS 32
+
+// Block (32, COMBINE_GROUPS): lane = state cell (coalesced), warp g = a group of consecutive
+// segments. Each thread folds its group from zero (S = Σ ΣΔ, H = end state), the groups'
+// folds meet in shared memory, and each thread walks its group again from its true carry-in.
+extern "C" __global__ void scan_combine(float* __restrict__ h_end,
+                                        const float* __restrict__ dsum,
+                                        const float* __restrict__ a2,
+                                        float* __restrict__ state,
+                                        int nseg, int di)
+{
+    __shared__ float fold_s[COMBINE_GROUPS][32], fold_h[COMBINE_GROUPS][32];
+    const int lane = threadIdx.x, g = threadIdx.y;
+    const size_t cells = (size_t)di * D_STATE;
+    const size_t i = blockIdx.x * (size_t)32 + lane;
+    const bool live = i < cells;
+    const size_t c = live ? i / D_STATE : 0;
+    const float a = live ? a2[i] : 0.0f;
+    // read before the barrier: the last group overwrites it after
+    float h = live ? state[i] : 0.0f;
+    const int per = (nseg + COMBINE_GROUPS - 1) / COMBINE_GROUPS;
+    const int s0 = min(nseg, g * per), s1 = min(nseg, s0 + per);
+    float S = 0.0f, H = 0.0f;
+    if (live) {
+        for (int s = s0; s < s1; ++s) {
+            const float ds = dsum[(size_t)s * di + c];
+            H = exp2_ftz(a * ds) * H + h_end[(size_t)s * cells + i];
+            S += ds;
+        }
+    }
+    fold_s[g][lane] = S;
+    fold_h[g][lane] = H;
+    __syncthreads();
+    if (!live) return;
+    for (int q = 0; q < g; ++q) h = exp2_ftz(a * fold_s[q][lane]) * h + fold_h[q][lane];
+    for (int s = s0; s < s1; ++s) {
+        const float end = h_end[(size_t)s * cells + i];
+        h_end[(size_t)s * cells + i] = h;
+        h = exp2_ftz(a * dsum[(size_t)s * di + c]) * h + end;
+    }
+    if (g == COMBINE_GROUPS - 1) state[i] = h;
+}
+
+// h_start: [nseg][di][D_STATE] start states, or the carried state when the chunk is one
+// segment (then `write_back` stores the end state there). `delta_ready`: scan_ends has
+// already turned δ into Δ.
+// Dynamic shared memory: seg_len · 2·D_STATE floats (B and C of the segment's steps).
+extern "C" __global__ void scan_output(float* __restrict__ x,
+                                       const float* __restrict__ delta,
+                                       const float* __restrict__ dbc,
+                                       const float* __restrict__ xz,
+                                       const float* __restrict__ a2,
+                                       const float* __restrict__ dt_b,
+                                       const float* __restrict__ d_skip,
+                                       float* __restrict__ h_start,
+                                       int t, int di, int nx, int rk, int seg_len, int rev,
+                                       int delta_ready, int write_back)
+{
+    extern __shared__ float4 smem4[];
+    float* bcs = reinterpret_cast<float*>(smem4);
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    const int s = blockIdx.y;
+    const int j0 = s * seg_len;
+    const int steps = min(seg_len, t - j0);
+    stage_rows(bcs, dbc, j0, steps, 2 * D_STATE, t, nx, rk, rev);
+    if (c >= di) return;
+    float a[D_STATE], h[D_STATE];
+    float* hs = h_start + ((size_t)s * di + c) * D_STATE;
+#pragma unroll
+    for (int n = 0; n < D_STATE; ++n) {
+        a[n] = a2[(size_t)c * D_STATE + n];
+        h[n] = hs[n];
+    }
+    const float bias = dt_b[c];
+    const float dsk = d_skip[c];
+    const size_t xz_stride = 2 * (size_t)di;
+    size_t r = step_row(j0, t, rev);
+    float d_next = delta[r * di + c], x_next = x[r * di + c], z_next = xz[r * xz_stride + di + c];
+    for (int jj = 0; jj < steps; ++jj) {
+        const size_t r_cur = r;
+        const float d_raw = d_next, xv = x_next, z = z_next;
+        if (jj + 1 < steps) {
+            r = step_row(j0 + jj + 1, t, rev);
+            d_next = delta[r * di + c];
+            x_next = x[r * di + c];
+            z_next = xz[r * xz_stride + di + c];
+        }
+        const float dl = delta_ready ? d_raw : softplus(d_raw + bias);
+        const float dx = dl * xv;
+        float bm[D_STATE], cm[D_STATE];
+        load_state_row(bm, bcs + jj * 2 * D_STATE);
+        load_state_row(cm, bcs + jj * 2 * D_STATE + D_STATE);
+        float y = 0.0f;
+#pragma unroll
+        for (int n = 0; n < D_STATE; ++n) {
+            h[n] = exp2_ftz(dl * a[n]) * h[n] + dx * bm[n];
+            y += h[n] * cm[n];
+        }
+        x[r_cur * di + c] = (y + dsk * xv) * silu(z);
+    }
+    if (write_back) {
+#pragma unroll
+        for (int n = 0; n < D_STATE; ++n) hs[n] = h[n];
+    }
+}

@@ -1,0 +1,65 @@
+// Stream kernels: the per-row operations on the two full-length streams.
+//
+// embed        tokens -> rows: reads 1 B per row plus the (cached) embedding rows, writes
+//              4·width B per row. For RCPS models the second half is the complement's
+//              embedding with channels reversed, written in the same pass.
+// swap_halves  exchanges the two D-wide halves of each row in place: 8·2D B per row
+//              read + written.
+// rms_norm     one warp per (row, half): the sum of squares and the scaled write in one
+//              pass over the row, 4·width B read + 4·width B written; an RCPS second half
+//              reads the weight back to front instead of using a flipped copy.
+//
+// All offsets are size_t: rows × width exceeds 2^31 at long contexts.
+
+extern "C" __global__ void embed(const unsigned char* __restrict__ tokens,
+                                 const float* __restrict__ emb,
+                                 const int* __restrict__ comp,
+                                 float* __restrict__ out,
+                                 size_t len, int d, int rcps)
+{
+    const size_t width = rcps ? 2 * (size_t)d : (size_t)d;
+    const size_t total = len * width;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const size_t row = i / width;
+        const size_t c = i - row * width;
+        const int t = tokens[row];
+        out[i] = c < (size_t)d ? emb[(size_t)t * d + c]
+                               : emb[(size_t)comp[t] * d + (2 * (size_t)d - 1 - c)];
+    }
+}
+
+extern "C" __global__ void swap_halves(float* __restrict__ buf, size_t len, int d)
+{
+    const size_t total = len * (size_t)d;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const size_t row = i / d;
+        const size_t c = i - row * d;
+        float* a = buf + row * 2 * (size_t)d + c;
+        const float t = a[0];
+        a[0] = a[d];
+        a[d] = t;
+    }
+}
+
+extern "C" __global__ void rms_norm(const float* __restrict__ src,
+                                    float* __restrict__ dst,
+                                    const float* __restrict__ w,
+                                    size_t len, int d, int halves, float eps)
+{
+    const int lane = threadIdx.x & 31;
+    const size_t warps = len * (size_t)halves;
+    for (size_t wi = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) / 32; wi < warps;
+         wi += (size_t)gridDim.x * blockDim.x / 32) {
+        // rows are [half 0 | half 1], so warp wi's D values start at wi·D
+        const float* x = src + wi * (size_t)d;
+        float* o = dst + wi * (size_t)d;
+        const bool flip = (wi % halves) == 1;
+        float ss = 0.0f;
+        for (int c = lane; c < d; c += 32) ss += x[c] * x[c];
+        for (int m = 16; m > 0; m >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, m);
+        const float s = 1.0f / sqrtf(ss / (float)d + eps);
+        for (int c = lane; c < d; c += 32) o[c] = x[c] * s * w[flip ? d - 1 - c : c];
+    }
+}
