@@ -49,6 +49,10 @@ pub struct Common {
     /// No progress bar, summary or warnings on stderr (errors still go there).
     #[arg(short, long)]
     pub quiet: bool,
+    /// Skip records that cannot be read (empty, malformed) instead of stopping; each is named
+    /// on stderr and counted in the summary.
+    #[arg(long)]
+    pub skip_bad: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +166,7 @@ struct Totals {
     records: usize,
     bases: usize,
     unknown: usize,
+    skipped: usize,
 }
 
 /// What `--device` asked for.
@@ -267,7 +272,7 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
                 _ => &["id", "length"],
             };
             csv.header(lead, &cols)?;
-            for_each_record(&a.inputs, &mut totals, &mut tokens, &mut |id, toks| {
+            for_each_record(&a.inputs, a.common.skip_bad, &mut totals, &mut tokens, &mut |id, toks| {
                 let mut bar = |n: usize| progress.bases(n);
                 match (a.pool, a.window) {
                     (Pool::None, _) => emb.record(toks, &mut PositionCsv { out: &mut csv, id }, &mut bar)?,
@@ -301,7 +306,7 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
                 index.write_record(["id", "file", "length", "width"])?;
                 let mut seen: HashMap<String, ()> = HashMap::new();
                 let mut names: HashMap<String, usize> = HashMap::new();
-                for_each_record(&a.inputs, &mut totals, &mut tokens, &mut |id, toks| {
+                for_each_record(&a.inputs, a.common.skip_bad, &mut totals, &mut tokens, &mut |id, toks| {
                     if seen.insert(id.to_string(), ()).is_some() {
                         bail!("duplicate record id '{id}' (npy output needs unique ids)");
                     }
@@ -337,7 +342,7 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
             // read everything first: the header lists every tensor's shape
             let mut records: Vec<(String, Vec<u8>)> = Vec::new();
             let mut seen = HashMap::new();
-            for_each_record(&a.inputs, &mut Totals::default(), &mut tokens, &mut |id, toks| {
+            for_each_record(&a.inputs, a.common.skip_bad, &mut totals, &mut tokens, &mut |id, toks| {
                 if seen.insert(id.to_string(), ()).is_some() {
                     bail!("duplicate record id '{id}' (safetensors output needs unique ids)");
                 }
@@ -348,13 +353,9 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
             let mut f = AtomicFile::create(&path)?;
             let meta = [("producer", format!("dna-mamba {}", env!("CARGO_PKG_VERSION"))), ("strand", format!("{:?}", a.strand).to_lowercase()), ("output", format!("{:?}", a.output).to_lowercase())];
             st::write_header(&mut f, &shapes, &meta)?;
-            for (id, toks) in &records {
-                totals.unknown += toks.iter().filter(|&&t| t == tokenizer::UNK).count();
+            for (_, toks) in &records {
                 emb.record(toks, &mut RawRows { out: &mut f }, &mut |n| progress.bases(n))?;
                 progress.record_done(toks.len());
-                totals.records += 1;
-                totals.bases += toks.len();
-                let _ = id;
             }
             f.commit()?;
         }
@@ -365,8 +366,9 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
             eprintln!("warning: {} bases were not A/C/G/T/N and were read as [UNK]", totals.unknown);
         }
         let secs = started.elapsed().as_secs_f64();
+        let skipped = if totals.skipped > 0 { format!(" ({} skipped as unreadable)", totals.skipped) } else { String::new() };
         eprintln!(
-            "dna-mamba: {} records, {} bases in {:.2} s ({:.0} bases/s) on {name}",
+            "dna-mamba: {} records{skipped}, {} bases in {:.2} s ({:.0} bases/s) on {name}",
             totals.records,
             totals.bases,
             secs,
@@ -376,19 +378,44 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
     Ok(())
 }
 
-/// Read every record of every input, tokenize, and hand it on; stops at the first bad record.
+/// Read every record of every input, tokenize, and hand it on. A record that cannot be read
+/// stops the run, or with `skip_bad` is named on stderr, counted, and passed over (a stream
+/// that breaks off mid-file ends that file).
 fn for_each_record(
     inputs: &[String],
+    skip_bad: bool,
     totals: &mut Totals,
     tokens: &mut Vec<u8>,
     f: &mut dyn FnMut(&str, &[u8]) -> Result<()>,
 ) -> Result<()> {
     for input in inputs {
-        let mut reader = Reader::open(input)?;
+        let mut reader = match Reader::open(input) {
+            Ok(r) => r,
+            Err(e) if skip_bad => {
+                eprintln!("skipped: {e:#}");
+                totals.skipped += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         while let Some(rec) = reader.next_record() {
-            let rec = rec?;
+            let rec = match rec {
+                Ok(r) => r,
+                Err(e) if skip_bad => {
+                    eprintln!("skipped: {e:#} (rest of the file unreadable)");
+                    totals.skipped += 1;
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
             if rec.seq.is_empty() {
-                bail!("{}: record '{}' (line {}): empty sequence", reader.name(), rec.id, rec.line);
+                let msg = format!("{}: record '{}' (line {}): empty sequence", reader.name(), rec.id, rec.line);
+                if skip_bad {
+                    eprintln!("skipped: {msg}");
+                    totals.skipped += 1;
+                    continue;
+                }
+                bail!(msg);
             }
             totals.unknown += tokenizer::encode_into(&rec.seq, tokens);
             f(&rec.id, tokens).with_context(|| format!("{}: record '{}'", reader.name(), rec.id))?;

@@ -311,3 +311,21 @@ fn broken_pipe_is_a_normal_exit() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn gz_output_and_skip_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "in.fa", b">a\nACGTACGT\n>empty\n>b\nGGGCCC\n");
+    // without --skip-bad the empty record stops the run
+    fails(&["embed", &f, "-m", &model("ph")], "record 'empty'");
+    let out = dir.path().join("o.csv.gz");
+    let o = run(&["embed", &f, "-m", &model("ph"), "--skip-bad", "-o", out.to_str().unwrap()]);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("skipped: ") && err.contains("record 'empty'") && err.contains("2 records (1 skipped"), "{err}");
+    let gz = std::fs::read(&out).unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text).unwrap();
+    let ids: Vec<_> = parse(&text, 2).into_iter().map(|r| r.0).collect();
+    assert_eq!(ids, ["a", "b"]);
+}

@@ -52,10 +52,11 @@ impl Drop for AtomicFile {
     }
 }
 
-/// Stdout or an atomic file, behind one writer.
+/// Stdout or an atomic file (gzip-compressed when its name ends in `.gz`), behind one writer.
 pub enum Output {
     Stdout(BufWriter<io::Stdout>),
     File(AtomicFile),
+    Gz(flate2::write::GzEncoder<AtomicFile>),
 }
 
 impl Output {
@@ -64,6 +65,9 @@ impl Output {
         match path {
             None => Ok(Output::Stdout(BufWriter::with_capacity(1 << 16, io::stdout()))),
             Some(p) if p == Path::new("-") => Ok(Output::Stdout(BufWriter::with_capacity(1 << 16, io::stdout()))),
+            Some(p) if p.extension().is_some_and(|e| e == "gz") => {
+                Ok(Output::Gz(flate2::write::GzEncoder::new(AtomicFile::create(p)?, flate2::Compression::new(6))))
+            }
             Some(p) => Ok(Output::File(AtomicFile::create(p)?)),
         }
     }
@@ -72,6 +76,7 @@ impl Output {
         match self {
             Output::Stdout(mut w) => Ok(w.flush()?),
             Output::File(f) => f.commit(),
+            Output::Gz(g) => g.finish()?.commit(),
         }
     }
 }
@@ -81,12 +86,14 @@ impl Write for Output {
         match self {
             Output::Stdout(w) => w.write(buf),
             Output::File(f) => f.write(buf),
+            Output::Gz(g) => g.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Output::Stdout(w) => w.flush(),
             Output::File(f) => f.flush(),
+            Output::Gz(g) => g.flush(),
         }
     }
 }
