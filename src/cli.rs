@@ -1,23 +1,22 @@
-//! Command-line interface: flags, model and backend selection, and the `embed` / `info` runs.
+//! Command-line interface: flags shared by every command, model and backend selection,
+//! and the record loop; one module per command.
 
-use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+mod embed;
+mod info;
+
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use crate::backend::{cpu::Cpu, Backend};
-use crate::embed::{Embedder, Feature, Strand};
 use crate::io::fastx::Reader;
-use crate::io::npy;
-use crate::io::output::{AtomicFile, Output};
-use crate::io::st;
 use crate::model::Model;
-use crate::sinks::{Csv, Mean, PositionCsv, RawRows, Windows};
-use crate::{progress::Progress, tokenizer};
+use crate::tokenizer;
+
+pub use embed::{EmbedArgs, Format, Pool};
+pub use info::InfoArgs;
 
 #[derive(Parser, Debug)]
 #[command(name = "dna-mamba", version, about = "Caduceus / Mamba DNA language models in a shell pipeline")]
@@ -55,68 +54,6 @@ pub struct Common {
     pub skip_bad: bool,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pool {
-    /// Mean over all positions: one row per record.
-    Mean,
-    /// Every position, streamed as it is computed.
-    None,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    Csv,
-    Npy,
-    Safetensors,
-}
-
-#[derive(Args, Debug)]
-pub struct EmbedArgs {
-    /// FASTA/FASTQ files, plain or compressed; `-` is stdin.
-    #[arg(default_value = "-")]
-    pub inputs: Vec<String>,
-    #[command(flatten)]
-    pub common: Common,
-    /// Output file (`-` = stdout); a folder for --format npy. Written only on success.
-    #[arg(short = 'o', long = "out", value_name = "PATH")]
-    pub out: Option<PathBuf>,
-    /// Which strand's view: the model's raw output, the reverse strand, or their average.
-    #[arg(long, value_enum, default_value = "both")]
-    pub strand: Strand,
-    /// What to write per position.
-    #[arg(long, value_enum, default_value = "hidden")]
-    pub output: Feature,
-    /// Pooling over positions.
-    #[arg(long, value_enum, default_value = "mean")]
-    pub pool: Pool,
-    /// Means over windows of W bases (rows id,start,end,...; 0-based, half-open).
-    #[arg(long, value_name = "W")]
-    pub window: Option<usize>,
-    /// Step between window starts (default: the window, i.e. no overlap).
-    #[arg(long, value_name = "S", requires = "window")]
-    pub stride: Option<usize>,
-    /// Output format for --pool none.
-    #[arg(long, value_enum, default_value = "csv")]
-    pub format: Format,
-    /// Bases per model context; longer records are tiled [default: the model's
-    /// model_max_length, else 131072].
-    #[arg(long)]
-    pub context: Option<usize>,
-    /// Overlap between tiles of a long record [default: context / 4]; each position's output
-    /// comes from the tile where it is most central.
-    #[arg(long)]
-    pub overlap: Option<usize>,
-    /// Positions per chunk inside a context (memory for intermediates, not results).
-    #[arg(long, default_value_t = crate::backend::cpu::DEFAULT_CHUNK, hide = true)]
-    pub chunk: usize,
-}
-
-#[derive(Args, Debug)]
-pub struct InfoArgs {
-    #[command(flatten)]
-    pub common: Common,
-}
-
 pub const DEFAULT_CONTEXT: usize = 131_072;
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -131,12 +68,12 @@ pub fn run(cli: Cli) -> Result<()> {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global().ok();
     }
     match cli.command {
-        Command::Embed(a) => embed(a),
-        Command::Info(a) => info(a),
+        Command::Embed(a) => embed::run(a),
+        Command::Info(a) => info::run(a),
     }
 }
 
-fn load_model(common: &Common) -> Result<Arc<Model>> {
+pub(crate) fn load_model(common: &Common) -> Result<Arc<Model>> {
     let dir = common.model.as_ref().ok_or_else(|| {
         anyhow!("no model given: use --model DIR (a folder with config.json and model.safetensors)")
     })?;
@@ -144,29 +81,13 @@ fn load_model(common: &Common) -> Result<Arc<Model>> {
     Ok(Arc::new(m))
 }
 
-fn info(args: InfoArgs) -> Result<()> {
-    let m = load_model(&args.common)?;
-    let c = &m.config;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "model: {}", m.source.display())?;
-    writeln!(out, "architecture: {}", c.describe())?;
-    writeln!(out, "parameters: {}", m.weights.n_params)?;
-    writeln!(out, "hidden width: {} (final hidden state as the public model returns it)", c.hidden_width())?;
-    writeln!(out, "rc-equivariant (RCPS): {}; fused add-norm half swap: {}", c.rcps, c.rcps && c.fused_add_norm)?;
-    writeln!(out, "lm head: {}", if m.weights.lm_head.is_some() { "stored untied" } else { "tied to the embedding" })?;
-    writeln!(out, "context: {} bases per tile (default)", c.model_max_length.unwrap_or(DEFAULT_CONTEXT))?;
-    let both = if c.rcps { "channel-half average (one pass)" } else { "average of forward and reverse-complement passes" };
-    writeln!(out, "embed --strand both: {both}, width {}", c.d_model)?;
-    Ok(())
-}
-
 /// What the run accumulates for the summary line.
 #[derive(Default)]
-struct Totals {
-    records: usize,
-    bases: usize,
-    unknown: usize,
-    skipped: usize,
+pub(crate) struct Totals {
+    pub records: usize,
+    pub bases: usize,
+    pub unknown: usize,
+    pub skipped: usize,
 }
 
 /// What `--device` asked for.
@@ -190,9 +111,14 @@ fn parse_device(s: &str) -> Result<Device> {
     }
 }
 
-fn embed(a: EmbedArgs) -> Result<()> {
-    let model = load_model(&a.common)?;
-    let device = parse_device(&a.common.device)?;
+/// Something to run on whichever backend `--device` selects.
+pub(crate) trait OnBackend {
+    fn run<B: Backend>(self, backend: B) -> Result<()>;
+}
+
+/// Resolve `--device` and run `job` on that backend.
+pub(crate) fn on_backend(common: &Common, model: &Arc<Model>, chunk: usize, job: impl OnBackend) -> Result<()> {
+    let device = parse_device(&common.device)?;
     #[cfg(feature = "cuda")]
     {
         use crate::backend::cuda;
@@ -203,7 +129,7 @@ fn embed(a: EmbedArgs) -> Result<()> {
                 Ok(n) if n > 0 => Some(0),
                 Ok(_) => None,
                 Err(e) => {
-                    if !a.common.quiet {
+                    if !common.quiet {
                         eprintln!("note: no usable GPU ({e:#}); running on the CPU");
                     }
                     None
@@ -212,176 +138,20 @@ fn embed(a: EmbedArgs) -> Result<()> {
         };
         if let Some(n) = ordinal {
             let gpu = cuda::Cuda::new(model.clone(), n).with_context(|| format!("--device cuda:{n}"))?;
-            return embed_on(gpu, model, &a);
+            return job.run(gpu);
         }
     }
     #[cfg(not(feature = "cuda"))]
     if let Device::Cuda(_) = device {
         bail!("--device cuda: this binary was built without the `cuda` feature");
     }
-    embed_on(Cpu::with_chunk(model.clone(), a.chunk), model, &a)
-}
-
-fn value_names(feature: Feature, width: usize) -> Vec<String> {
-    match feature {
-        Feature::Hidden => (0..width).map(|i| format!("e{i}")).collect(),
-        Feature::Logits => ["lp_A", "lp_C", "lp_G", "lp_T"].map(String::from).to_vec(),
-        Feature::RawLogits => (0..width).map(|i| format!("logit_{i}")).collect(),
-    }
-}
-
-fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<()> {
-    let context = a.context.or(model.config.model_max_length).unwrap_or(DEFAULT_CONTEXT);
-    let overlap = a.overlap.unwrap_or(context / 4);
-    if overlap >= context {
-        bail!("--overlap ({overlap}) must be smaller than --context ({context})");
-    }
-    if a.output != Feature::Hidden && a.pool != Pool::None {
-        bail!("--output {:?} needs --pool none (log-probabilities are per position)", a.output);
-    }
-    if a.window.is_some() && a.pool == Pool::None {
-        bail!("--window and --pool none exclude each other");
-    }
-    if a.window == Some(0) || a.stride == Some(0) {
-        bail!("--window and --stride must be positive");
-    }
-    if a.format != Format::Csv && (a.pool != Pool::None || a.window.is_some()) {
-        bail!("--format {:?} is for per-position output (--pool none)", a.format);
-    }
-    // a missing input should fail before anything is written
-    for input in &a.inputs {
-        if input != "-" {
-            std::fs::metadata(input).with_context(|| input.clone())?;
-        }
-    }
-    let name = backend.name();
-    let mut emb = Embedder::new(backend, model.clone(), a.strand, a.output, context, overlap)?;
-    let width = emb.width();
-    let cols = value_names(a.output, width);
-    let mut progress = Progress::new(a.common.quiet);
-    let started = Instant::now();
-    let mut totals = Totals::default();
-    let mut tokens = Vec::new();
-
-    match a.format {
-        Format::Csv => {
-            let mut csv = Csv::new(Output::open(a.out.as_deref())?);
-            let lead: &[&str] = match (a.pool, a.window) {
-                (Pool::None, _) => &["id", "pos"],
-                (_, Some(_)) => &["id", "start", "end"],
-                _ => &["id", "length"],
-            };
-            csv.header(lead, &cols)?;
-            for_each_record(&a.inputs, a.common.skip_bad, &mut totals, &mut tokens, &mut |id, toks| {
-                let mut bar = |n: usize| progress.bases(n);
-                match (a.pool, a.window) {
-                    (Pool::None, _) => emb.record(toks, &mut PositionCsv { out: &mut csv, id }, &mut bar)?,
-                    (_, Some(w)) => {
-                        let mut s = Windows::new(&mut csv, id, toks.len(), w, a.stride.unwrap_or(w), width);
-                        emb.record(toks, &mut s, &mut bar)?;
-                    }
-                    _ => {
-                        let mut m = Mean::new(width);
-                        emb.record(toks, &mut m, &mut bar)?;
-                        csv.row(id, &[toks.len()], m.finish(toks.len()))?;
-                    }
-                }
-                progress.record_done(toks.len());
-                Ok(())
-            })?;
-            if totals.records == 0 && !a.common.quiet {
-                progress.warn("warning: the input has no records; wrote a header only");
-            }
-            csv.into_inner()?.finish()?;
-        }
-        Format::Npy => {
-            let dir = a.out.as_ref().ok_or_else(|| anyhow!("--format npy needs -o DIR (a folder for one .npy per record)"))?;
-            if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
-                bail!("{}: already exists and is not empty", dir.display());
-            }
-            let tmp = crate::io::output::temp_name(dir);
-            std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-            let result = (|| -> Result<()> {
-                let mut index = csv::Writer::from_path(tmp.join("index.csv"))?;
-                index.write_record(["id", "file", "length", "width"])?;
-                let mut seen: HashMap<String, ()> = HashMap::new();
-                let mut names: HashMap<String, usize> = HashMap::new();
-                for_each_record(&a.inputs, a.common.skip_bad, &mut totals, &mut tokens, &mut |id, toks| {
-                    if seen.insert(id.to_string(), ()).is_some() {
-                        bail!("duplicate record id '{id}' (npy output needs unique ids)");
-                    }
-                    let base = npy::safe_name(id);
-                    let k = names.entry(base.clone()).or_insert(0);
-                    *k += 1;
-                    let file = if *k == 1 { format!("{base}.npy") } else { format!("{base}_{k}.npy") };
-                    let mut w = std::io::BufWriter::new(std::fs::File::create(tmp.join(&file))?);
-                    npy::write_header(&mut w, toks.len(), width)?;
-                    emb.record(toks, &mut RawRows { out: &mut w }, &mut |n| progress.bases(n))?;
-                    w.flush()?;
-                    index.write_record([id, &file, &toks.len().to_string(), &width.to_string()])?;
-                    progress.record_done(toks.len());
-                    Ok(())
-                })?;
-                index.flush()?;
-                Ok(())
-            })();
-            if let Err(e) = result {
-                let _ = std::fs::remove_dir_all(&tmp);
-                return Err(e);
-            }
-            if dir.exists() {
-                std::fs::remove_dir(dir).ok();
-            }
-            std::fs::rename(&tmp, dir).with_context(|| format!("{}: cannot rename into place", dir.display()))?;
-        }
-        Format::Safetensors => {
-            let path = match a.out.as_deref() {
-                Some(p) if p != Path::new("-") => p.to_path_buf(),
-                _ => bail!("--format safetensors needs -o FILE (its header must be written before the data, so it cannot go to a pipe)"),
-            };
-            // read everything first: the header lists every tensor's shape
-            let mut records: Vec<(String, Vec<u8>)> = Vec::new();
-            let mut seen = HashMap::new();
-            for_each_record(&a.inputs, a.common.skip_bad, &mut totals, &mut tokens, &mut |id, toks| {
-                if seen.insert(id.to_string(), ()).is_some() {
-                    bail!("duplicate record id '{id}' (safetensors output needs unique ids)");
-                }
-                records.push((id.to_string(), toks.to_vec()));
-                Ok(())
-            })?;
-            let shapes: Vec<(String, [usize; 2])> = records.iter().map(|(id, t)| (id.clone(), [t.len(), width])).collect();
-            let mut f = AtomicFile::create(&path)?;
-            let meta = [("producer", format!("dna-mamba {}", env!("CARGO_PKG_VERSION"))), ("strand", format!("{:?}", a.strand).to_lowercase()), ("output", format!("{:?}", a.output).to_lowercase())];
-            st::write_header(&mut f, &shapes, &meta)?;
-            for (_, toks) in &records {
-                emb.record(toks, &mut RawRows { out: &mut f }, &mut |n| progress.bases(n))?;
-                progress.record_done(toks.len());
-            }
-            f.commit()?;
-        }
-    }
-    progress.finish();
-    if !a.common.quiet {
-        if totals.unknown > 0 {
-            eprintln!("warning: {} bases were not A/C/G/T/N and were read as [UNK]", totals.unknown);
-        }
-        let secs = started.elapsed().as_secs_f64();
-        let skipped = if totals.skipped > 0 { format!(" ({} skipped as unreadable)", totals.skipped) } else { String::new() };
-        eprintln!(
-            "dna-mamba: {} records{skipped}, {} bases in {:.2} s ({:.0} bases/s) on {name}",
-            totals.records,
-            totals.bases,
-            secs,
-            totals.bases as f64 / secs.max(1e-9)
-        );
-    }
-    Ok(())
+    job.run(Cpu::with_chunk(model.clone(), chunk))
 }
 
 /// Read every record of every input, tokenize, and hand it on. A record that cannot be read
 /// stops the run, or with `skip_bad` is named on stderr, counted, and passed over (a stream
 /// that breaks off mid-file ends that file).
-fn for_each_record(
+pub(crate) fn for_each_record(
     inputs: &[String],
     skip_bad: bool,
     totals: &mut Totals,
