@@ -2,7 +2,9 @@
 //! and the record loop; one module per command.
 
 mod embed;
+mod faidx;
 mod info;
+mod score;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,6 +33,10 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Describe a model: architecture, sizes, parameters, and what `embed` computes with it.
     Info(InfoArgs),
+    /// Zero-shot scores for the SNVs of a VCF against an indexed reference.
+    ScoreVariants(score::ScoreArgs),
+    /// Index a FASTA file (.fai), as `samtools faidx` does.
+    Faidx(faidx::FaidxArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -58,10 +64,12 @@ pub const DEFAULT_CONTEXT: usize = 131_072;
 
 pub fn run(cli: Cli) -> Result<()> {
     let common = match &cli.command {
-        Command::Embed(a) => &a.common,
-        Command::Info(a) => &a.common,
+        Command::Embed(a) => Some(&a.common),
+        Command::Info(a) => Some(&a.common),
+        Command::ScoreVariants(a) => Some(&a.common),
+        Command::Faidx(_) => None,
     };
-    if let Some(n) = common.threads {
+    if let Some(n) = common.and_then(|c| c.threads) {
         if n == 0 {
             bail!("--threads must be at least 1");
         }
@@ -70,6 +78,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Embed(a) => embed::run(a),
         Command::Info(a) => info::run(a),
+        Command::ScoreVariants(a) => score::run(a),
+        Command::Faidx(a) => faidx::run(a),
     }
 }
 

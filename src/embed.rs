@@ -74,6 +74,16 @@ impl<B: Backend> Embedder<B> {
         Ok(Embedder { engine, model, strand, feature, context, overlap })
     }
 
+    /// Switch what later records compute, keeping the loaded backend and its buffers.
+    pub fn set_output(&mut self, strand: Strand, feature: Feature) -> Result<()> {
+        if feature == Feature::RawLogits && strand != Strand::Fwd {
+            bail!("raw logits are only available with --strand fwd");
+        }
+        self.strand = strand;
+        self.feature = feature;
+        Ok(())
+    }
+
     pub fn engine(&self) -> &Engine<B> {
         &self.engine
     }

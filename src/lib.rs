@@ -10,3 +10,4 @@ pub mod progress;
 pub mod sinks;
 pub mod tiling;
 pub mod tokenizer;
+pub mod variants;

@@ -1,0 +1,277 @@
+//! `dna-mamba score-variants`: zero-shot scores for the SNVs of a VCF against an indexed FASTA,
+//! streamed in input order as VCF (INFO fields added) or TSV.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, ValueEnum};
+use noodles::core::{Position, Region};
+use noodles::fasta;
+use noodles::vcf;
+use noodles::vcf::header::record::value::map::info::{Number, Type};
+use noodles::vcf::header::record::value::{map::Info, Map};
+use noodles::vcf::variant::io::Write as _;
+use noodles::vcf::variant::record_buf::info::field::{value::Array, Value};
+
+use super::{load_model, on_backend, Common, OnBackend};
+use crate::backend::Backend;
+use crate::embed::{Embedder, Feature, Strand};
+use crate::io::output::Output;
+use crate::model::Model;
+use crate::tiling::{self, Tile};
+use crate::variants::{base_index, tokens, Scorer};
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VariantFormat {
+    /// The input VCF with DNAM_* INFO fields added.
+    Vcf,
+    /// chrom,pos,ref,alt,status,llr,mllr,cos,l2 (one row per alternate allele).
+    Tsv,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Score {
+    /// Unmasked log P(alt) - log P(ref) from the reference pass.
+    Llr,
+    /// The same with the variant masked, one window per variant.
+    Mllr,
+    /// Cosine similarity and L2 distance of mean embeddings around the variant.
+    Emb,
+}
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    /// VCF (plain or bgzf .gz) with the variants.
+    #[arg(long)]
+    pub vcf: PathBuf,
+    /// Reference FASTA with a .fai index (bgzf .gz also needs .gzi).
+    #[arg(long)]
+    pub fasta: PathBuf,
+    #[command(flatten)]
+    pub common: Common,
+    /// Output file (`-` = stdout; .gz is compressed).
+    #[arg(short = 'o', long = "out", value_name = "PATH")]
+    pub out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "vcf")]
+    pub format: VariantFormat,
+    /// Scores to compute (comma-separated). mllr and emb cost passes per variant.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "llr,mllr,emb")]
+    pub scores: Vec<Score>,
+    /// Context of the reference pass for llr (tiles over each chromosome) [default: 8192].
+    #[arg(long, default_value_t = 8192)]
+    pub context: usize,
+    /// Bases around each variant for mllr and emb (a centred window of 2·(N/2)+1 bases).
+    #[arg(long, default_value_t = 512)]
+    pub score_context: usize,
+    /// Bases around the variant averaged for the embedding distance.
+    #[arg(long, default_value_t = 128)]
+    pub embed_window: usize,
+    #[arg(long, default_value_t = crate::backend::cpu::DEFAULT_CHUNK, hide = true)]
+    pub chunk: usize,
+}
+
+pub fn run(a: ScoreArgs) -> Result<()> {
+    let model = load_model(&a.common)?;
+    struct Job<'a>(&'a ScoreArgs, Arc<Model>);
+    impl OnBackend for Job<'_> {
+        fn run<B: Backend>(self, backend: B) -> Result<()> {
+            score_on(backend, self.1, self.0)
+        }
+    }
+    on_backend(&a.common, &model, a.chunk, Job(&a, model.clone()))
+}
+
+/// The reference pass of one tile, kept while variants fall inside it.
+struct TileCache {
+    chrom: String,
+    tile: Tile,
+    /// strand-averaged A,C,G,T log-probabilities of the tile's positions
+    lp: Vec<f32>,
+}
+
+struct Reference {
+    reader: fasta::io::IndexedReader<fasta::io::BufReader<std::fs::File>>,
+    name: String,
+}
+
+impl Reference {
+    fn length(&self, chrom: &str) -> Option<usize> {
+        self.reader.index().as_ref().iter().find(|r| r.name() == chrom.as_bytes()).map(|r| r.length() as usize)
+    }
+
+    /// Bases `start..end` (0-based, half-open) of `chrom`.
+    fn fetch(&mut self, chrom: &str, start: usize, end: usize) -> Result<Vec<u8>> {
+        let region = Region::new(chrom, Position::try_from(start + 1)?..=Position::try_from(end)?);
+        let rec = self.reader.query(&region).with_context(|| format!("{}: {chrom}:{}-{end}", self.name, start + 1))?;
+        Ok(rec.sequence().as_ref().to_vec())
+    }
+}
+
+fn score_on<B: Backend>(backend: B, model: Arc<Model>, a: &ScoreArgs) -> Result<()> {
+    let started = Instant::now();
+    let name = a.fasta.display().to_string();
+    let reader = fasta::io::indexed_reader::Builder::default().build_from_path(&a.fasta).map_err(|e| {
+        anyhow!("{name}: cannot open as an indexed FASTA ({e}); index it with `samtools faidx` (bgzf .gz also needs .gzi)")
+    })?;
+    let mut reference = Reference { reader, name };
+    let emb = Embedder::new(backend, model.clone(), Strand::Both, Feature::Logits, a.context.max(tiling::MIN_CONTEXT), 0)?;
+    let mut scorer = Scorer::new(emb, a.score_context.max(1), a.embed_window.max(1), model.config.d_model);
+    let want = |s: Score| a.scores.contains(&s);
+
+    let vcf_name = a.vcf.display().to_string();
+    let mut vr = vcf::io::reader::Builder::default()
+        .build_from_path(&a.vcf)
+        .with_context(|| vcf_name.clone())?;
+    let mut header = vr.read_header().with_context(|| format!("{vcf_name}: header"))?;
+    let infos: [(&str, Number, Type, &str); 5] = [
+        ("DNAM_LLR", Number::AlternateBases, Type::Float, "dna-mamba: unmasked log P(alt) - log P(ref), strand-averaged"),
+        ("DNAM_MLLR", Number::AlternateBases, Type::Float, "dna-mamba: masked-position log P(alt) - log P(ref), strand-averaged"),
+        ("DNAM_COS", Number::AlternateBases, Type::Float, "dna-mamba: cosine similarity of mean strand-averaged embeddings, ref vs alt window"),
+        ("DNAM_L2", Number::AlternateBases, Type::Float, "dna-mamba: L2 distance of mean strand-averaged embeddings, ref vs alt window"),
+        ("DNAM_SKIP", Number::Count(1), Type::String, "dna-mamba: why the variant was not scored"),
+    ];
+    for (id, number, ty, desc) in infos {
+        header.infos_mut().insert(id.to_string(), Map::<Info>::new(number, ty, desc));
+    }
+    let mut out = Output::open(a.out.as_deref())?;
+    let mut vw = vcf::io::Writer::new(Vec::new());
+    match a.format {
+        VariantFormat::Vcf => {
+            vw.write_header(&header)?;
+        }
+        VariantFormat::Tsv => writeln!(out, "chrom\tpos\tref\talt\tstatus\tllr\tmllr\tcos\tl2")?,
+    }
+    out.write_all(vw.get_ref())?;
+    vw.get_mut().clear();
+
+    let mut cache: Option<TileCache> = None;
+    let (mut n_in, mut n_scored, mut n_skipped) = (0usize, 0usize, 0usize);
+    let mut record = vcf::variant::RecordBuf::default();
+    loop {
+        let n = vr.read_record_buf(&header, &mut record).with_context(|| format!("{vcf_name}: record {}", n_in + 1))?;
+        if n == 0 {
+            break;
+        }
+        n_in += 1;
+        let chrom = record.reference_sequence_name().to_string();
+        let pos1 = record.variant_start().map(usize::from).ok_or_else(|| anyhow!("{vcf_name}: record {n_in}: no position"))?;
+        let ref_b = record.reference_bases().to_string();
+        let alts: Vec<String> = record.alternate_bases().as_ref().to_vec();
+        let skip = |why: String| -> Result<()> { Err(anyhow!(why)) };
+        let mut row_alts = alts.clone();
+        let outcome: Result<Vec<[Option<f32>; 4]>> = (|| {
+            let ref_col = match (ref_b.len(), base_index(ref_b.as_bytes()[0])) {
+                (1, Some(c)) => c,
+                _ => return skip(format!("not an SNV (REF {ref_b})")).map(|_| vec![]),
+            };
+            let alt_cols: Vec<usize> = alts
+                .iter()
+                .map(|x| if x.len() == 1 { base_index(x.as_bytes()[0]) } else { None })
+                .collect::<Option<_>>()
+                .ok_or_else(|| anyhow!("not an SNV (ALT {})", alts.join(",")))?;
+            if alt_cols.is_empty() {
+                bail!("no alternate allele");
+            }
+            let len = reference.length(&chrom).ok_or_else(|| anyhow!("sequence {chrom} is not in {}", reference.name))?;
+            if pos1 > len {
+                bail!("position {pos1} is past the end of {chrom} ({len} bases)");
+            }
+            let p = pos1 - 1;
+            let fasta_base = reference.fetch(&chrom, p, p + 1)?[0];
+            if base_index(fasta_base) != Some(ref_col) {
+                bail!("REF {ref_b} disagrees with the FASTA ({})", fasta_base as char);
+            }
+            let mut scores = vec![[None; 4]; alt_cols.len()];
+            if want(Score::Llr) {
+                let hit = cache.as_ref().is_some_and(|c| c.chrom == chrom && (c.tile.keep_start..c.tile.keep_end).contains(&p));
+                if !hit {
+                    let tiles = tiling::plan(len, a.context.max(tiling::MIN_CONTEXT), a.context / 4);
+                    let tile = *tiles.iter().find(|t| (t.keep_start..t.keep_end).contains(&p)).expect("tiles cover the sequence");
+                    let lp = scorer.log_probs(&tokens(&reference.fetch(&chrom, tile.start, tile.end)?))?;
+                    cache = Some(TileCache { chrom: chrom.clone(), tile, lp });
+                }
+                let c = cache.as_ref().unwrap();
+                let row = &c.lp[(p - c.tile.start) * 4..][..4];
+                for (s, &alt) in scores.iter_mut().zip(&alt_cols) {
+                    s[0] = Some(row[alt] - row[ref_col]);
+                }
+            }
+            if want(Score::Mllr) || want(Score::Emb) {
+                let (lo, hi) = scorer.window(p, len);
+                let win = tokens(&reference.fetch(&chrom, lo, hi)?);
+                if want(Score::Mllr) {
+                    for (s, v) in scores.iter_mut().zip(scorer.masked_llr(&win, p - lo, ref_col, &alt_cols)?) {
+                        s[1] = Some(v);
+                    }
+                }
+                if want(Score::Emb) {
+                    let bases: Vec<u8> = alts.iter().map(|x| x.as_bytes()[0]).collect();
+                    for (s, (cos, l2)) in scores.iter_mut().zip(scorer.embedding_distance(&win, p - lo, &bases)?) {
+                        s[2] = Some(cos);
+                        s[3] = Some(l2);
+                    }
+                }
+            }
+            Ok(scores)
+        })();
+        let status = match &outcome {
+            Ok(_) => {
+                n_scored += 1;
+                "scored".to_string()
+            }
+            Err(e) => {
+                n_skipped += 1;
+                if !a.common.quiet {
+                    eprintln!("skipped: {vcf_name}: {chrom}:{pos1} {ref_b}>{}: {e:#}", alts.join(","));
+                }
+                format!("{e:#}")
+            }
+        };
+        match a.format {
+            VariantFormat::Vcf => {
+                let info = record.info_mut();
+                match &outcome {
+                    Ok(scores) => {
+                        for (k, key) in ["DNAM_LLR", "DNAM_MLLR", "DNAM_COS", "DNAM_L2"].iter().enumerate() {
+                            if scores[0][k].is_some() {
+                                let v: Vec<Option<f32>> = scores.iter().map(|s| s[k]).collect();
+                                info.insert(key.to_string(), Some(Value::Array(Array::Float(v))));
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        // INFO strings cannot hold spaces, commas, semicolons or '='
+                        let code: String = status.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+                        info.insert("DNAM_SKIP".into(), Some(Value::String(code)));
+                    }
+                }
+                vw.write_variant_record(&header, &record)?;
+                out.write_all(vw.get_ref())?;
+                vw.get_mut().clear();
+            }
+            VariantFormat::Tsv => {
+                let f = |v: Option<f32>| v.map(|x| x.to_string()).unwrap_or_else(|| "NA".into());
+                if row_alts.is_empty() {
+                    row_alts.push(".".into());
+                }
+                for (i, alt) in row_alts.iter().enumerate() {
+                    let s = outcome.as_ref().ok().and_then(|v| v.get(i)).copied().unwrap_or([None; 4]);
+                    let st = if outcome.is_ok() { "scored" } else { status.as_str() };
+                    writeln!(out, "{chrom}\t{pos1}\t{ref_b}\t{alt}\t{st}\t{}\t{}\t{}\t{}", f(s[0]), f(s[1]), f(s[2]), f(s[3]))?;
+                }
+            }
+        }
+    }
+    out.finish()?;
+    if !a.common.quiet {
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!(
+            "dna-mamba: {n_in} variants in, {n_scored} scored, {n_skipped} skipped, in {secs:.2} s ({:.1} variants/s)",
+            n_in as f64 / secs.max(1e-9)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! score-variants end to end: strand symmetry, skipped records, VCF output.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn revcomp(s: &[u8]) -> Vec<u8> {
+    s.iter().rev().map(|b| match b { b'A' => b'T', b'C' => b'G', b'G' => b'C', b'T' => b'A', x => *x }).collect()
+}
+
+/// A reference with `c` and its reverse complement `c_rc`, each variant written on both.
+fn setup(dir: &std::path::Path) -> (String, String) {
+    let s = random_dna(2500, 21);
+    let rc = revcomp(&s);
+    let wrap = |x: &[u8]| x.chunks(60).map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>().join("\n");
+    let fa = dir.join("ref.fa");
+    std::fs::write(&fa, format!(">c\n{}\n>c_rc\n{}\n", wrap(&s), wrap(&rc))).unwrap();
+    let comp = |b: u8| revcomp(&[b])[0] as char;
+    let mut vcf = String::from("##fileformat=VCFv4.2\n##contig=<ID=c,length=2500>\n##contig=<ID=c_rc,length=2500>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n");
+    for (i, p) in [1usize, 2, 300, 1250, 1251, 2499, 2500].iter().enumerate() {
+        let r = s[p - 1];
+        let alt = *b"ACGT".iter().filter(|&&b| b != r).nth(i % 3).unwrap();
+        vcf += &format!("c\t{p}\t.\t{}\t{}\t.\tPASS\t.\n", r as char, alt as char);
+        vcf += &format!("c_rc\t{}\t.\t{}\t{}\t.\tPASS\t.\n", 2500 - p + 1, comp(r), comp(alt));
+    }
+    let wrong = if s[9] == b'A' { 'C' } else { 'A' };
+    vcf += &format!("c\t10\t.\t{wrong}\tG\t.\tPASS\t.\n");
+    vcf += "c\t20\t.\tA\tAT\t.\tPASS\t.\n";
+    let v = dir.join("v.vcf");
+    std::fs::write(&v, vcf).unwrap();
+    let st = Command::new(env!("CARGO_BIN_EXE_dna-mamba")).arg("faidx").arg(&fa).status().unwrap();
+    assert!(st.success());
+    (fa.to_string_lossy().into_owned(), v.to_string_lossy().into_owned())
+}
+
+fn score(fa: &str, vcf: &str, model: &str, format: &str) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_dna-mamba"))
+        .args(["score-variants", "--vcf", vcf, "--fasta", fa, "-m", &fixtures().join(model).to_string_lossy(), "-q"])
+        .args(["--format", format, "--context", "700", "--score-context", "101", "--embed-window", "31"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+#[test]
+fn a_variant_and_its_reverse_complement_score_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fa, vcf) = setup(dir.path());
+    for m in ["ph", "ps"] {
+        let out = score(&fa, &vcf, m, "tsv");
+        let rows: Vec<Vec<&str>> = out.lines().skip(1).map(|l| l.split('\t').collect()).collect();
+        assert_eq!(rows.len(), 16);
+        let scored: Vec<&Vec<&str>> = rows.iter().filter(|r| r[4] == "scored").collect();
+        assert_eq!(scored.len(), 14);
+        for pair in scored.chunks(2) {
+            let (a, b) = (pair[0], pair[1]);
+            for k in 5..9 {
+                let (x, y): (f32, f32) = (a[k].parse().unwrap(), b[k].parse().unwrap());
+                assert!((x - y).abs() <= 1e-4 * (1.0 + x.abs()), "{m} {a:?} vs {b:?}: column {k}");
+            }
+            // the scores are not all zero: a change at the variant matters
+            assert!(a[5].parse::<f32>().unwrap().abs() > 1e-3);
+        }
+        assert!(rows[14][4].contains("disagrees with the FASTA"), "{:?}", rows[14]);
+        assert!(rows[15][4].contains("not an SNV"), "{:?}", rows[15]);
+    }
+}
+
+#[test]
+fn vcf_output_keeps_records_and_describes_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fa, vcf) = setup(dir.path());
+    let out = score(&fa, &vcf, "ph", "vcf");
+    assert!(out.contains("##INFO=<ID=DNAM_LLR,Number=A,Type=Float"));
+    assert!(out.contains("##INFO=<ID=DNAM_SKIP"));
+    let recs: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(recs.len(), 16, "every input record comes out");
+    assert!(recs[..14].iter().all(|r| r.contains("DNAM_LLR=") && r.contains("DNAM_MLLR=") && r.contains("DNAM_COS=")));
+    assert!(recs[14].contains("DNAM_SKIP=REF_"));
+}
+
+#[test]
+fn unindexed_reference_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let fa = dir.path().join("x.fa");
+    std::fs::write(&fa, ">x\nACGT\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_dna-mamba"))
+        .args(["score-variants", "--vcf", "nope.vcf", "--fasta", fa.to_str().unwrap(), "-m", &fixtures().join("ph").to_string_lossy()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("faidx") && !err.contains("panicked"), "{err}");
+}
