@@ -158,6 +158,47 @@ pub(crate) fn on_backend(common: &Common, model: &Arc<Model>, chunk: usize, job:
     job.run(Cpu::with_chunk(model.clone(), chunk))
 }
 
+/// Open an indexed FASTA and check every requested region against it (before any output).
+pub(crate) fn resolve_regions(
+    fasta: &std::path::Path,
+    regions: &[String],
+    bed: Option<&std::path::Path>,
+) -> Result<(crate::io::regions::IndexedFasta, Vec<crate::io::regions::Span>)> {
+    use crate::io::regions::{parse_region, read_bed, IndexedFasta};
+    let fa = IndexedFasta::open(fasta)?;
+    let mut spans = Vec::new();
+    let lengths = |n: &str| fa.length(n);
+    for r in regions {
+        spans.push(parse_region(r, &lengths).with_context(|| fa.name.clone())?);
+    }
+    if let Some(b) = bed {
+        spans.extend(read_bed(b, &lengths)?);
+    }
+    Ok((fa, spans))
+}
+
+/// Regions of an indexed FASTA instead of whole records: `--region` texts and BED intervals,
+/// in the order given. `f` gets the region's label, its tokens and its offset in the sequence.
+pub(crate) fn for_each_region(
+    fasta: &std::path::Path,
+    regions: &[String],
+    bed: Option<&std::path::Path>,
+    totals: &mut Totals,
+    tokens: &mut Vec<u8>,
+    f: &mut dyn FnMut(&str, &[u8], usize) -> Result<()>,
+) -> Result<()> {
+    let (mut fa, spans) = resolve_regions(fasta, regions, bed)?;
+    for span in spans {
+        let seq = fa.fetch(&span.name, span.start, span.end)?;
+        totals.unknown += tokenizer::encode_into(&seq, tokens);
+        let label = span.label();
+        f(&label, tokens, span.start).with_context(|| format!("{}: region {label}", fa.name))?;
+        totals.records += 1;
+        totals.bases += tokens.len();
+    }
+    Ok(())
+}
+
 /// Read every record of every input, tokenize, and hand it on. A record that cannot be read
 /// stops the run, or with `skip_bad` is named on stderr, counted, and passed over (a stream
 /// that breaks off mid-file ends that file).

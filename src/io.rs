@@ -3,4 +3,5 @@
 pub mod fastx;
 pub mod npy;
 pub mod output;
+pub mod regions;
 pub mod st;

@@ -88,6 +88,8 @@ impl Sink for Mean {
 pub struct Windows<'a, W: Write> {
     pub out: &'a mut Csv<W>,
     pub id: &'a str,
+    /// Added to written coordinates (a region's start in its sequence).
+    pub offset: usize,
     pub len: usize,
     pub window: usize,
     pub stride: usize,
@@ -98,8 +100,8 @@ pub struct Windows<'a, W: Write> {
 }
 
 impl<'a, W: Write> Windows<'a, W> {
-    pub fn new(out: &'a mut Csv<W>, id: &'a str, len: usize, window: usize, stride: usize, width: usize) -> Self {
-        Windows { out, id, len, window, stride, width, open: BTreeMap::new(), next_start: 0, done: false }
+    pub fn new(out: &'a mut Csv<W>, id: &'a str, len: usize, window: usize, stride: usize, width: usize, offset: usize) -> Self {
+        Windows { out, id, offset, len, window, stride, width, open: BTreeMap::new(), next_start: 0, done: false }
     }
 
     fn end_of(&self, start: usize) -> usize {
@@ -134,7 +136,7 @@ impl<W: Write> Sink for Windows<'_, W> {
             }
             let sum = self.open.remove(&start).unwrap();
             let n = (end - start) as f64;
-            self.out.row(self.id, &[start, end], sum.iter().map(|s| (s / n) as f32))?;
+            self.out.row(self.id, &[start + self.offset, end + self.offset], sum.iter().map(|s| (s / n) as f32))?;
         }
         Ok(())
     }
@@ -144,6 +146,8 @@ impl<W: Write> Sink for Windows<'_, W> {
 pub struct PositionCsv<'a, W: Write> {
     pub out: &'a mut Csv<W>,
     pub id: &'a str,
+    /// Added to `pos` (a region's start in its sequence).
+    pub offset: usize,
 }
 
 impl<W: Write> Sink for PositionCsv<'_, W> {
@@ -151,7 +155,7 @@ impl<W: Write> Sink for PositionCsv<'_, W> {
         false
     }
     fn add(&mut self, pos: usize, row: &[f32], _weight: f32) -> Result<()> {
-        self.out.row(self.id, &[pos], row.iter().copied())
+        self.out.row(self.id, &[pos + self.offset], row.iter().copied())
     }
 }
 

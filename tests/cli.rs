@@ -329,3 +329,34 @@ fn gz_output_and_skip_bad() {
     let ids: Vec<_> = parse(&text, 2).into_iter().map(|r| r.0).collect();
     assert_eq!(ids, ["a", "b"]);
 }
+
+#[test]
+fn regions_of_an_indexed_fasta() {
+    let dir = tempfile::tempdir().unwrap();
+    let seq = random_dna(1000, 13);
+    let wrapped: Vec<String> = seq.chunks(70).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+    let fa = write(dir.path(), "g.fa", format!(">chr1 desc\n{}\n>chr2\nACGTACGTAC\n", wrapped.join("\n")).as_bytes());
+    fails(&["embed", &fa, "-r", "chr1:1-10", "-m", &model("ph")], "dna-mamba faidx");
+    assert!(run(&["faidx", &fa]).status.success());
+    // a region equals embedding the same bases as their own record, with genome coordinates
+    let sub = write(dir.path(), "sub.fa", format!(">s\n{}\n", String::from_utf8_lossy(&seq[100..300])).as_bytes());
+    let want = parse(&ok(&["embed", &sub, "-m", &model("ph"), "-q", "--pool", "none"]), 2);
+    let out = ok(&["embed", &fa, "-r", "chr1:101-300", "-m", &model("ph"), "-q", "--pool", "none"]);
+    let got = parse(&out, 2);
+    assert_eq!(got.len(), 200);
+    assert!(out.lines().nth(1).unwrap().starts_with("chr1:101-300,100,"));
+    let flat = |v: &[(String, Vec<f32>)]| v.iter().flat_map(|r| r.1.clone()).collect::<Vec<f32>>();
+    assert!(rel_err(&flat(&got), &flat(&want)) < 1e-6);
+    // BED regions, in order; commas and open ends; errors before any output
+    let bed = write(dir.path(), "r.bed", b"# comment\nchr2\t0\t10\tname\t0\t+\nchr1\t100\t300\n");
+    let rows = parse(&ok(&["embed", &fa, "--regions", &bed, "-r", "chr1:9,91-", "-m", &model("ph"), "-q"]), 2);
+    let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(ids, ["chr1:991-1000", "chr2:1-10", "chr1:101-300"]);
+    for (region, needle) in [("chr1:990-1001", "outside chr1"), ("chrZ:1-5", "unknown sequence name"), ("chr1:0-5", "1-based")] {
+        let o = run(&["embed", &fa, "-r", region, "-m", &model("ph")]);
+        assert!(!o.status.success() && o.stdout.is_empty(), "{region}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains(needle), "{region}");
+    }
+    let badbed = write(dir.path(), "bad.bed", b"chr1\t5\n");
+    fails(&["embed", &fa, "--regions", &badbed, "-m", &model("ph")], "bad.bed: line 1");
+}

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
 
-use super::{for_each_record, load_model, on_backend, Common, OnBackend, Totals, DEFAULT_CONTEXT};
+use super::{for_each_record, for_each_region, load_model, resolve_regions, on_backend, Common, OnBackend, Totals, DEFAULT_CONTEXT};
 use crate::backend::Backend;
 use crate::embed::{Embedder, Feature, Strand};
 use crate::io::npy;
@@ -73,6 +73,28 @@ pub struct EmbedArgs {
     /// Positions per chunk inside a context (memory for intermediates, not results).
     #[arg(long, default_value_t = crate::backend::cpu::DEFAULT_CHUNK, hide = true)]
     pub chunk: usize,
+    /// Only this region of an indexed FASTA (samtools syntax: chr, chr:beg-end, 1-based
+    /// inclusive, commas allowed, open end `chr:beg-`); repeatable. Output coordinates are the
+    /// genome's; ids are `chr:beg-end`.
+    #[arg(short = 'r', long = "region", value_name = "REGION")]
+    pub regions: Vec<String>,
+    /// Regions from a BED file (0-based, half-open) of the indexed FASTA.
+    #[arg(long = "regions", value_name = "BED")]
+    pub regions_bed: Option<PathBuf>,
+}
+
+/// Records of the inputs, or the requested regions of one indexed FASTA, with their offsets.
+fn each_input(a: &EmbedArgs, totals: &mut Totals, tokens: &mut Vec<u8>, f: &mut dyn FnMut(&str, &[u8], usize) -> Result<()>) -> Result<()> {
+    if a.regions.is_empty() && a.regions_bed.is_none() {
+        return for_each_record(&a.inputs, a.common.skip_bad, totals, tokens, &mut |id, t| f(id, t, 0));
+    }
+    let [fasta] = a.inputs.as_slice() else {
+        bail!("--region/--regions need exactly one input: an indexed FASTA file");
+    };
+    if fasta == "-" {
+        bail!("--region/--regions need an indexed FASTA file, not stdin");
+    }
+    for_each_region(Path::new(fasta), &a.regions, a.regions_bed.as_deref(), totals, tokens, f)
 }
 
 pub fn run(a: EmbedArgs) -> Result<()> {
@@ -112,7 +134,12 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
     if a.format != Format::Csv && (a.pool != Pool::None || a.window.is_some()) {
         bail!("--format {:?} is for per-position output (--pool none)", a.format);
     }
-    // a missing input should fail before anything is written
+    // a missing input or a bad region should fail before anything is written
+    if !a.regions.is_empty() || a.regions_bed.is_some() {
+        if let [fasta] = a.inputs.as_slice() {
+            resolve_regions(Path::new(fasta), &a.regions, a.regions_bed.as_deref())?;
+        }
+    }
     for input in &a.inputs {
         if input != "-" {
             std::fs::metadata(input).with_context(|| input.clone())?;
@@ -136,12 +163,12 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
                 _ => &["id", "length"],
             };
             csv.header(lead, &cols)?;
-            for_each_record(&a.inputs, a.common.skip_bad, &mut totals, &mut tokens, &mut |id, toks| {
+            each_input(a, &mut totals, &mut tokens, &mut |id, toks, offset| {
                 let mut bar = |n: usize| progress.bases(n);
                 match (a.pool, a.window) {
-                    (Pool::None, _) => emb.record(toks, &mut PositionCsv { out: &mut csv, id }, &mut bar)?,
+                    (Pool::None, _) => emb.record(toks, &mut PositionCsv { out: &mut csv, id, offset }, &mut bar)?,
                     (_, Some(w)) => {
-                        let mut s = Windows::new(&mut csv, id, toks.len(), w, a.stride.unwrap_or(w), width);
+                        let mut s = Windows::new(&mut csv, id, toks.len(), w, a.stride.unwrap_or(w), width, offset);
                         emb.record(toks, &mut s, &mut bar)?;
                     }
                     _ => {
@@ -170,7 +197,7 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
                 index.write_record(["id", "file", "length", "width"])?;
                 let mut seen: HashMap<String, ()> = HashMap::new();
                 let mut names: HashMap<String, usize> = HashMap::new();
-                for_each_record(&a.inputs, a.common.skip_bad, &mut totals, &mut tokens, &mut |id, toks| {
+                each_input(a, &mut totals, &mut tokens, &mut |id, toks, _| {
                     if seen.insert(id.to_string(), ()).is_some() {
                         bail!("duplicate record id '{id}' (npy output needs unique ids)");
                     }
@@ -206,7 +233,7 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
             // read everything first: the header lists every tensor's shape
             let mut records: Vec<(String, Vec<u8>)> = Vec::new();
             let mut seen = HashMap::new();
-            for_each_record(&a.inputs, a.common.skip_bad, &mut totals, &mut tokens, &mut |id, toks| {
+            each_input(a, &mut totals, &mut tokens, &mut |id, toks, _| {
                 if seen.insert(id.to_string(), ()).is_some() {
                     bail!("duplicate record id '{id}' (safetensors output needs unique ids)");
                 }

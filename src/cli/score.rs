@@ -8,8 +8,6 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
-use noodles::core::{Position, Region};
-use noodles::fasta;
 use noodles::vcf;
 use noodles::vcf::header::record::value::map::info::{Number, Type};
 use noodles::vcf::header::record::value::{map::Info, Map};
@@ -20,6 +18,7 @@ use super::{load_model, on_backend, Common, OnBackend};
 use crate::backend::Backend;
 use crate::embed::{Embedder, Feature, Strand};
 use crate::io::output::Output;
+use crate::io::regions::IndexedFasta;
 use crate::model::Model;
 use crate::tiling::{self, Tile};
 use crate::variants::{base_index, tokens, Scorer};
@@ -92,31 +91,9 @@ struct TileCache {
     lp: Vec<f32>,
 }
 
-struct Reference {
-    reader: fasta::io::IndexedReader<fasta::io::BufReader<std::fs::File>>,
-    name: String,
-}
-
-impl Reference {
-    fn length(&self, chrom: &str) -> Option<usize> {
-        self.reader.index().as_ref().iter().find(|r| r.name() == chrom.as_bytes()).map(|r| r.length() as usize)
-    }
-
-    /// Bases `start..end` (0-based, half-open) of `chrom`.
-    fn fetch(&mut self, chrom: &str, start: usize, end: usize) -> Result<Vec<u8>> {
-        let region = Region::new(chrom, Position::try_from(start + 1)?..=Position::try_from(end)?);
-        let rec = self.reader.query(&region).with_context(|| format!("{}: {chrom}:{}-{end}", self.name, start + 1))?;
-        Ok(rec.sequence().as_ref().to_vec())
-    }
-}
-
 fn score_on<B: Backend>(backend: B, model: Arc<Model>, a: &ScoreArgs) -> Result<()> {
     let started = Instant::now();
-    let name = a.fasta.display().to_string();
-    let reader = fasta::io::indexed_reader::Builder::default().build_from_path(&a.fasta).map_err(|e| {
-        anyhow!("{name}: cannot open as an indexed FASTA ({e}); index it with `samtools faidx` (bgzf .gz also needs .gzi)")
-    })?;
-    let mut reference = Reference { reader, name };
+    let mut reference = IndexedFasta::open(&a.fasta)?;
     let emb = Embedder::new(backend, model.clone(), Strand::Both, Feature::Logits, a.context.max(tiling::MIN_CONTEXT), 0)?;
     let mut scorer = Scorer::new(emb, a.score_context.max(1), a.embed_window.max(1), model.config.d_model);
     let want = |s: Score| a.scores.contains(&s);

@@ -1,0 +1,135 @@
+//! Regions of an indexed FASTA (`--region chr:beg-end`, `--regions FILE.bed`), read through
+//! noodles without loading whole sequences.
+
+use std::io::BufRead;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use noodles::core::{Position, Region};
+use noodles::fasta;
+
+/// A stretch of one sequence: 0-based, half-open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub name: String,
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Span {
+    /// samtools-style label, 1-based inclusive.
+    pub fn label(&self) -> String {
+        format!("{}:{}-{}", self.name, self.start + 1, self.end)
+    }
+}
+
+/// Parse `chr`, `chr:beg`, `chr:beg-` or `chr:beg-end` (1-based, inclusive, commas allowed)
+/// against the sequence lengths of an index. A name that is itself in the index wins, so
+/// names containing ':' work as in samtools.
+pub fn parse_region(text: &str, lengths: &dyn Fn(&str) -> Option<usize>) -> Result<Span> {
+    let bad = |why: &str| anyhow!("region '{text}': {why}");
+    if let Some(len) = lengths(text) {
+        return Ok(Span { name: text.to_string(), start: 0, end: len });
+    }
+    let (name, range) = text.rsplit_once(':').ok_or_else(|| bad("unknown sequence name"))?;
+    let len = lengths(name).ok_or_else(|| bad(&format!("unknown sequence name '{name}'")))?;
+    let num = |s: &str| -> Result<usize> {
+        s.replace(',', "").parse::<usize>().map_err(|_| bad(&format!("'{s}' is not a position")))
+    };
+    let (beg, end) = match range.split_once('-') {
+        None => (num(range)?, len),
+        Some((b, "")) => (num(b)?, len),
+        Some((b, e)) => (num(b)?, num(e)?),
+    };
+    if beg == 0 {
+        bail!(bad("positions are 1-based"));
+    }
+    if beg > end {
+        bail!(bad("begin is after end"));
+    }
+    if end > len {
+        bail!(bad(&format!("outside {name}, which has {len} bases")));
+    }
+    Ok(Span { name: name.to_string(), start: beg - 1, end })
+}
+
+/// BED intervals (0-based, half-open; extra columns ignored; `#`, track and browser lines skipped).
+pub fn read_bed(path: &Path, lengths: &dyn Fn(&str) -> Option<usize>) -> Result<Vec<Span>> {
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path).with_context(|| name.clone())?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("{name}: line {}", i + 1))?;
+        let t = line.trim_end();
+        if t.is_empty() || t.starts_with('#') || t.starts_with("track") || t.starts_with("browser") {
+            continue;
+        }
+        // BED3 through noodles; its reader wants exactly the columns it knows
+        let bed3: String = t.split('\t').take(3).collect::<Vec<_>>().join("\t") + "\n";
+        let mut reader = noodles::bed::io::Reader::<3, _>::new(bed3.as_bytes());
+        let mut rec = noodles::bed::Record::<3>::default();
+        let parsed = reader.read_record(&mut rec).and_then(|_| {
+            let start = usize::from(rec.feature_start()?) - 1;
+            let end = rec.feature_end().ok_or_else(|| std::io::Error::other("missing end"))??;
+            Ok((rec.reference_sequence_name().to_string(), start, usize::from(end)))
+        });
+        let (chrom, start, end) = parsed.map_err(|e| anyhow!("{name}: line {}: not a BED line ({e})", i + 1))?;
+        let len = lengths(&chrom).ok_or_else(|| anyhow!("{name}: line {}: unknown sequence name '{chrom}'", i + 1))?;
+        if start >= end || end > len {
+            bail!("{name}: line {}: interval {chrom}:{start}-{end} is empty or outside {chrom} ({len} bases)", i + 1);
+        }
+        out.push(Span { name: chrom, start, end });
+    }
+    Ok(out)
+}
+
+/// An indexed FASTA (plain with .fai, or bgzf with .fai and .gzi).
+pub struct IndexedFasta {
+    reader: fasta::io::IndexedReader<fasta::io::BufReader<std::fs::File>>,
+    pub name: String,
+}
+
+impl IndexedFasta {
+    pub fn open(path: &Path) -> Result<Self> {
+        let name = path.display().to_string();
+        let reader = fasta::io::indexed_reader::Builder::default().build_from_path(path).map_err(|e| {
+            anyhow!("{name}: cannot open as an indexed FASTA ({e}); index it with `dna-mamba faidx` or `samtools faidx` (bgzf .gz also needs .gzi)")
+        })?;
+        Ok(IndexedFasta { reader, name })
+    }
+
+    pub fn length(&self, chrom: &str) -> Option<usize> {
+        self.reader.index().as_ref().iter().find(|r| r.name() == chrom.as_bytes()).map(|r| r.length() as usize)
+    }
+
+    /// Bases `start..end` (0-based, half-open) of `chrom`.
+    pub fn fetch(&mut self, chrom: &str, start: usize, end: usize) -> Result<Vec<u8>> {
+        let region = Region::new(chrom, Position::try_from(start + 1)?..=Position::try_from(end)?);
+        let rec = self.reader.query(&region).with_context(|| format!("{}: {chrom}:{}-{end}", self.name, start + 1))?;
+        Ok(rec.sequence().as_ref().to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samtools_region_syntax() {
+        let lens = |n: &str| match n {
+            "chr1" => Some(1_000_000),
+            "HLA:1" => Some(50),
+            _ => None,
+        };
+        let p = |t: &str| parse_region(t, &lens);
+        assert_eq!(p("chr1").unwrap(), Span { name: "chr1".into(), start: 0, end: 1_000_000 });
+        assert_eq!(p("chr1:1,001-2,000").unwrap(), Span { name: "chr1".into(), start: 1000, end: 2000 });
+        assert_eq!(p("chr1:999,999-").unwrap().end, 1_000_000);
+        assert_eq!(p("chr1:5").unwrap().start, 4);
+        assert_eq!(p("HLA:1").unwrap().end, 50);
+        assert_eq!(p("HLA:1:2-3").unwrap(), Span { name: "HLA:1".into(), start: 1, end: 3 });
+        for bad in ["chr2:1-5", "chr1:0-5", "chr1:10-5", "chr1:1-1000001", "chr1:x-5", "nochr"] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
+    }
+}
