@@ -44,6 +44,16 @@ impl Reader {
         Ok(Reader { inner, name, records: 0 })
     }
 
+    /// Records from any byte stream (compression sniffed as for files); `name` is for messages.
+    pub fn from_read(name: &str, read: impl std::io::Read + Send + 'static) -> Result<Self> {
+        let inner = match needletail::parse_fastx_reader(read) {
+            Ok(r) => Some(r),
+            Err(e) if e.kind == ParseErrorKind::EmptyFile => None,
+            Err(e) => return Err(anyhow!("{name}: not FASTA or FASTQ: {e}")),
+        };
+        Ok(Reader { inner, name: name.to_string(), records: 0 })
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

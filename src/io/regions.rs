@@ -57,8 +57,13 @@ pub fn parse_region(text: &str, lengths: &dyn Fn(&str) -> Option<usize>) -> Resu
 pub fn read_bed(path: &Path, lengths: &dyn Fn(&str) -> Option<usize>) -> Result<Vec<Span>> {
     let name = path.display().to_string();
     let file = std::fs::File::open(path).with_context(|| name.clone())?;
+    parse_bed(std::io::BufReader::new(file), &name, lengths)
+}
+
+/// `read_bed` over any buffered reader; `name` is for messages.
+pub fn parse_bed(input: impl BufRead, name: &str, lengths: &dyn Fn(&str) -> Option<usize>) -> Result<Vec<Span>> {
     let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+    for (i, line) in input.lines().enumerate() {
         let line = line.with_context(|| format!("{name}: line {}", i + 1))?;
         let t = line.trim_end();
         if t.is_empty() || t.starts_with('#') || t.starts_with("track") || t.starts_with("browser") {
