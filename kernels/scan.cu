@@ -30,7 +30,9 @@
 #endif
 
 __device__ __forceinline__ float softplus(float v) { return v > 20.0f ? v : log1pf(expf(v)); }
-__device__ __forceinline__ float silu(float v) { return v / (1.0f + expf(-v)); }
+// __expf is within a few ulp here; __fdividef returns 0 once 1 + e^-v exceeds 2^126 (v < -87),
+// where SiLU is below 1e-36 anyway.
+__device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.0f + __expf(-v)); }
 
 __device__ __forceinline__ float exp2_ftz(float v)
 {
@@ -71,7 +73,8 @@ __device__ __forceinline__ void load_state_row(float (&v)[D_STATE], const float*
 }
 
 // Dynamic shared memory: seg_len · D_STATE floats (B of the segment's steps).
-extern "C" __global__ void scan_ends(const float* __restrict__ x,
+// At most 128 threads a block (the host launches that); register cap for 9 blocks per SM.
+extern "C" __global__ void __launch_bounds__(128, 9) scan_ends(const float* __restrict__ x,
                                      float* __restrict__ delta,
                                      const float* __restrict__ dbc,
                                      const float* __restrict__ a2,
@@ -95,19 +98,23 @@ extern "C" __global__ void scan_ends(const float* __restrict__ x,
         h[n] = 0.0f;
     }
     const float bias = dt_b[c];
-    size_t r = step_row(j0, t, rev);
-    float d_next = delta[r * di + c], x_next = x[r * di + c];
+    // walk the rows with pointers: one add per step instead of 64-bit index arithmetic
+    const long long stride = rev ? -(long long)di : (long long)di;
+    const size_t r0 = step_row(j0, t, rev) * di + c;
+    float* dp = delta + r0;
+    const float* xp = x + r0;
+    float d_next = *dp, x_next = *xp;
     float sum = 0.0f;
     for (int jj = 0; jj < steps; ++jj) {
-        const size_t r_cur = r;
         const float d_raw = d_next, xv = x_next;
         if (jj + 1 < steps) {
-            r = step_row(j0 + jj + 1, t, rev);
-            d_next = delta[r * di + c];
-            x_next = x[r * di + c];
+            d_next = dp[stride];
+            x_next = xp[stride];
         }
         const float dl = softplus(d_raw + bias);
-        delta[r_cur * di + c] = dl;
+        *dp = dl;
+        dp += stride;
+        xp += stride;
         const float dx = dl * xv;
         float bm[D_STATE];
         load_state_row(bm, bs + jj * D_STATE);
@@ -168,7 +175,8 @@ extern "C" __global__ void scan_combine(float* __restrict__ h_end,
 // segment (then `write_back` stores the end state there). `delta_ready`: scan_ends has
 // already turned δ into Δ.
 // Dynamic shared memory: seg_len · 2·D_STATE floats (B and C of the segment's steps).
-extern "C" __global__ void scan_output(float* __restrict__ x,
+// At most 128 threads a block; register cap for 8 blocks per SM.
+extern "C" __global__ void __launch_bounds__(128, 8) scan_output(float* __restrict__ x,
                                        const float* __restrict__ delta,
                                        const float* __restrict__ dbc,
                                        const float* __restrict__ xz,
@@ -196,30 +204,35 @@ extern "C" __global__ void scan_output(float* __restrict__ x,
     }
     const float bias = dt_b[c];
     const float dsk = d_skip[c];
-    const size_t xz_stride = 2 * (size_t)di;
-    size_t r = step_row(j0, t, rev);
-    float d_next = delta[r * di + c], x_next = x[r * di + c], z_next = xz[r * xz_stride + di + c];
+    const long long stride = rev ? -(long long)di : (long long)di;
+    const size_t r0 = step_row(j0, t, rev);
+    const float* dp = delta + r0 * di + c;
+    float* xp = x + r0 * di + c;
+    const float* zp = xz + r0 * 2 * (size_t)di + di + c;
+    float d_next = *dp, x_next = *xp, z_next = *zp;
     for (int jj = 0; jj < steps; ++jj) {
-        const size_t r_cur = r;
         const float d_raw = d_next, xv = x_next, z = z_next;
         if (jj + 1 < steps) {
-            r = step_row(j0 + jj + 1, t, rev);
-            d_next = delta[r * di + c];
-            x_next = x[r * di + c];
-            z_next = xz[r * xz_stride + di + c];
+            d_next = dp[stride];
+            x_next = xp[stride];
+            z_next = zp[2 * stride];
         }
         const float dl = delta_ready ? d_raw : softplus(d_raw + bias);
         const float dx = dl * xv;
         float bm[D_STATE], cm[D_STATE];
         load_state_row(bm, bcs + jj * 2 * D_STATE);
         load_state_row(cm, bcs + jj * 2 * D_STATE + D_STATE);
-        float y = 0.0f;
+        // two partial sums halve the dependent chain of the C·h reduction
+        float y0 = 0.0f, y1 = 0.0f;
 #pragma unroll
         for (int n = 0; n < D_STATE; ++n) {
             h[n] = exp2_ftz(dl * a[n]) * h[n] + dx * bm[n];
-            y += h[n] * cm[n];
+            if (n % 2 == 0) y0 += h[n] * cm[n]; else y1 += h[n] * cm[n];
         }
-        x[r_cur * di + c] = (y + dsk * xv) * silu(z);
+        *xp = (y0 + y1 + dsk * xv) * silu(z);
+        dp += stride;
+        xp += stride;
+        zp += 2 * stride;
     }
     if (write_back) {
 #pragma unroll

@@ -54,6 +54,9 @@ pub struct Common {
     /// No progress bar, summary or warnings on stderr (errors still go there).
     #[arg(short, long)]
     pub quiet: bool,
+    /// More logging on stderr: model, backend, contexts and per-record progress.
+    #[arg(short, long, conflicts_with = "quiet")]
+    pub verbose: bool,
     /// Skip records that cannot be read (empty, malformed) instead of stopping; each is named
     /// on stderr and counted in the summary.
     #[arg(long)]

@@ -59,6 +59,12 @@ impl Rng {
 /// Write a random Caduceus checkpoint (initialised the way the reference code does, so the
 /// activations have realistic ranges) into `dir`.
 fn write_model(dir: &Path, kind: Kind, d: usize, n_layer: usize, tie: bool, seed: u64) {
+    write_model_with(dir, kind, d, n_layer, tie, seed, 16, 4)
+}
+
+/// As `write_model`, with a chosen d_state and d_conv (compile-time sizes of the kernels).
+#[allow(clippy::too_many_arguments)]
+fn write_model_with(dir: &Path, kind: Kind, d: usize, n_layer: usize, tie: bool, seed: u64, n: usize, k: usize) {
     let (bidirectional, rcps) = match kind {
         Kind::Ph => (true, false),
         Kind::Ps => (true, true),
@@ -68,9 +74,10 @@ fn write_model(dir: &Path, kind: Kind, d: usize, n_layer: usize, tie: bool, seed
         "model_type": "caduceus", "d_model": d, "n_layer": n_layer, "vocab_size": 12,
         "pad_vocab_size_multiple": 8, "bidirectional": bidirectional,
         "bidirectional_weight_tie": tie, "rcps": rcps, "fused_add_norm": true,
+        "ssm_cfg": {"d_state": n, "d_conv": k},
     });
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let (v, di, n, k, rk) = (16, 2 * d, 16, 4, d.div_ceil(16));
+    let (v, di, rk) = (16, 2 * d, d.div_ceil(16));
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     let emb = if rcps { "embeddings.word_embeddings.embedding.weight" } else { "embeddings.word_embeddings.weight" };
@@ -179,6 +186,11 @@ fn small_models_match_cpu() {
         let model = random_model(kind, 20, 2, tie, seed);
         compare_with_cpu(&model, &lens, &[1, 3, 64, 1000, cuda::DEFAULT_CHUNK], seed * 100, &format!("{kind:?} tie {tie} d20"));
     }
+    // d_state 10 (not a multiple of 4: scalar shared-memory reads) and d_conv 3
+    let dir = tempfile::tempdir().unwrap();
+    write_model_with(dir.path(), Kind::Ps, 20, 2, true, 6, 10, 3);
+    let model = Arc::new(Model::load(dir.path()).unwrap());
+    compare_with_cpu(&model, &lens, &[3, 1000, cuda::DEFAULT_CHUNK], 600, "Ps d20 d_state 10 d_conv 3");
 }
 
 #[test]
@@ -245,7 +257,7 @@ fn bench_ph_131k() {
     drop(probe);
     println!("device: {}", Cuda::new(model.clone(), 0).unwrap().name());
     println!("| bases | chunk | median s | bases/s | GPU memory used (MiB, incl. context) |");
-    for (len, chunks) in [(131_072usize, &[8192usize, 16384, 32768][..]), (1_048_576, &[16384, 32768][..])] {
+    for (len, chunks) in [(131_072usize, &[16384usize, 32768, 65536][..]), (1_048_576, &[32768, 65536][..])] {
         let tokens = random_tokens(len, 7);
         for &chunk in chunks {
             let mut e = Engine::new(Cuda::with_chunk(model.clone(), 0, chunk).unwrap(), model.config.clone());

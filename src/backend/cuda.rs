@@ -26,9 +26,10 @@ use super::{Backend, Dir, Norm, View};
 use crate::model::{weights::Mamba, Model};
 use module::{guarded, Kernels};
 
-/// Positions per chunk: large enough that the projections are efficient GEMMs, small
-/// enough that the per-chunk intermediates stay ~(5·d_inner)·4 B per row.
-pub const DEFAULT_CHUNK: usize = 16384;
+/// Positions per chunk. The per-chunk intermediates take about (4.5·d_inner + dt_rank +
+/// 2·d_state)·4 B per row (~300 MB at 32768 rows for d_model 256); on an H100, 32768 ran
+/// ~9% faster than 16384 and ~20% faster than 8192, 65536 another ~7% (BENCHMARKS-cuda.md).
+pub const DEFAULT_CHUNK: usize = 32768;
 /// Shortest scan segment: below this the sequential combine over segments starts to cost.
 const MIN_SEGMENT: usize = 32;
 /// Shared memory a scan block may use for its segment's B and C rows (the default limit).
@@ -302,7 +303,7 @@ impl Backend for Cuda {
         let data = self
             .stream
             .alloc_zeros::<f32>(n.max(1))
-            .with_context(|| format!("cannot allocate {} MiB on the GPU for a {rows} x {width} buffer", n * 4 >> 20))?;
+            .with_context(|| format!("cannot allocate {} MiB on the GPU for a {rows} x {width} buffer", (n * 4) >> 20))?;
         Ok(CudaBuf { data, rows, width })
     }
 
@@ -327,7 +328,7 @@ impl Backend for Cuda {
     }
 
     fn swap_halves(&self, buf: &mut CudaBuf, len: usize) -> Result<()> {
-        ensure!(len <= buf.rows && buf.width % 2 == 0, "swap_halves: bad buffer");
+        ensure!(len <= buf.rows && buf.width.is_multiple_of(2), "swap_halves: bad buffer");
         let d = buf.width / 2;
         let di = i32_of(d, "width")?;
         let mut b = self.stream.launch_builder(&self.k.swap_halves);
@@ -340,10 +341,10 @@ impl Backend for Cuda {
     fn rms_norm(&self, src: &CudaBuf, dst: &mut CudaBuf, len: usize, norm: Norm) -> Result<()> {
         let cfg = &self.model.config;
         let d = cfg.d_model;
-        ensure!(src.width == dst.width && src.width % d == 0, "rms_norm: widths differ");
+        ensure!(src.width == dst.width && src.width.is_multiple_of(d), "rms_norm: widths differ");
         ensure!(len <= src.rows && len <= dst.rows, "rms_norm: rows out of range");
         let w = match norm {
-            Norm::Layer(i) => &self.norms[i],
+            Norm::Layer(i) => self.norms.get(i).ok_or_else(|| anyhow!("no layer {i}"))?,
             Norm::Final => &self.norm_f,
         };
         let halves = i32_of(src.width / d, "halves")?;
@@ -359,7 +360,7 @@ impl Backend for Cuda {
 
     fn mixer(&self, layer: usize, dir: Dir, input: &CudaBuf, acc: &mut CudaBuf, len: usize, view: View) -> Result<()> {
         let cfg = &self.model.config;
-        let (fwd, rev) = &self.mixers[layer];
+        let (fwd, rev) = self.mixers.get(layer).ok_or_else(|| anyhow!("no layer {layer}"))?;
         let m = match dir {
             Dir::Fwd => fwd,
             Dir::Rev => rev.as_ref().ok_or_else(|| anyhow!("layer {layer} has no reverse mixer"))?,
@@ -381,7 +382,7 @@ impl Backend for Cuda {
         let rev32 = view.backward as i32;
 
         let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let s = self.scratch(&mut *guard, self.chunk.min(len))?;
+        let s = self.scratch(&mut guard, self.chunk.min(len))?;
         self.stream.memset_zeros(&mut s.conv_in)?;
         self.stream.memset_zeros(&mut s.ssm)?;
 
@@ -421,7 +422,7 @@ impl Backend for Cuda {
             let single = nseg == 1;
             if !single {
                 let mut b = self.stream.launch_builder(&self.k.scan_ends);
-                b.arg(&s.xc).arg(&s.delta).arg(&s.dbc).arg(&m.a2).arg(&m.dt_b).arg(&mut s.h).arg(&mut s.dsum);
+                b.arg(&s.xc).arg(&mut s.delta).arg(&s.dbc).arg(&m.a2).arg(&m.dt_b).arg(&mut s.h).arg(&mut s.dsum);
                 b.arg(&t32).arg(&di32).arg(&nx32).arg(&rk32).arg(&seg32).arg(&rev32);
                 // SAFETY: nseg·seg covers t rows of the t-row intermediates; h and dsum hold
                 // ceil(rows / shortest segment) >= nseg segments; shared memory holds seg rows of B.

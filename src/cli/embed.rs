@@ -146,6 +146,10 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
         }
     }
     let name = backend.name();
+    if a.common.verbose {
+        eprintln!("model: {} ({})", model.source.display(), model.config.describe());
+        eprintln!("backend: {name}; context {context}, tile overlap {overlap}; strand {:?}, output {:?}", a.strand, a.output);
+    }
     let mut emb = Embedder::new(backend, model.clone(), a.strand, a.output, context, overlap)?;
     let width = emb.width();
     let cols = value_names(a.output, width);
@@ -178,6 +182,9 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
                     }
                 }
                 progress.record_done(toks.len());
+                if a.common.verbose {
+                    progress.warn(&format!("done: {id} ({} bases)", toks.len()));
+                }
                 Ok(())
             })?;
             if totals.records == 0 && !a.common.quiet {
