@@ -6,8 +6,8 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum ModelError {
     /// A file of the model folder could not be read.
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
     /// config.json is malformed or asks for something we do not compute.
     #[error("{0}")]
     Config(String),

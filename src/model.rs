@@ -26,7 +26,7 @@ impl Model {
         if !dir.is_dir() {
             return Err(ModelError::Io {
                 path: dir.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found"),
+                err: std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found"),
             });
         }
         let config = Config::from_dir(dir)?;

@@ -102,7 +102,7 @@ impl Config {
     pub fn from_dir(dir: &Path) -> Result<Self, ModelError> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path)
-            .map_err(|e| ModelError::Io { path: path.clone(), source: e })?;
+            .map_err(|e| ModelError::Io { path: path.clone(), err: e })?;
         let mut cfg = Self::from_json(&text).map_err(|e| match e {
             ModelError::Config(msg) => ModelError::Config(format!("{}: {msg}", path.display())),
             other => other,

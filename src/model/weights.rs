@@ -173,11 +173,11 @@ impl Weights {
                 }
             }
         }
-        let file = std::fs::File::open(&path).map_err(|e| ModelError::Io { path: path.clone(), source: e })?;
+        let file = std::fs::File::open(&path).map_err(|e| ModelError::Io { path: path.clone(), err: e })?;
         // SAFETY: the map is only read while this function runs; a concurrent truncation by
         // another process would be a SIGBUS, which read() could not prevent either.
         let map = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|e| ModelError::Io { path: path.clone(), source: e })?;
+            .map_err(|e| ModelError::Io { path: path.clone(), err: e })?;
         Self::from_bytes(cfg, &map, &path)
     }
 
