@@ -198,20 +198,17 @@ impl Cpu {
         while start < len {
             let t = self.chunk.min(len - start);
             let steps = start..start + t;
-            // 1. [x | z] = u · W_inᵀ
-            match &xz_src {
+            // 1. [x | z] = u · W_inᵀ, or rows of the precomputed buffer read in walk order
+            let (xz, rows): (&[f32], scan::Rows) = match &xz_src {
                 Xz::Project { input, view } => {
                     gather(input, *view, steps.clone(), row_of, d, &mut s.u);
                     matmul_t(&mut s.xz, &s.u, d, &m.in_proj, t, 2 * di, d);
+                    (&s.xz[..t * 2 * di], scan::Rows::IN_ORDER)
                 }
-                Xz::Stored(xz) => {
-                    for (step, dst) in steps.clone().zip(s.xz.chunks_mut(2 * di)) {
-                        dst.copy_from_slice(&xz.data[row_of(step) * 2 * di..][..2 * di]);
-                    }
-                }
-            }
+                Xz::Stored(xz) => (&xz.data, scan::Rows { first: row_of(start), backward }),
+            };
             // 2. causal depthwise conv + SiLU, state carried from the previous chunk
-            scan::conv_silu(isa, &s.xz[..t * 2 * di], 2 * di, &mut s.xc[..t * di], &mut s.conv_state, &m.conv_w_t, &m.conv_b, di, cfg.d_conv);
+            scan::conv_silu(isa, xz, 2 * di, rows, &mut s.xc[..t * di], &mut s.conv_state, &m.conv_w_t, &m.conv_b, di, cfg.d_conv);
             // 3. [δ | B | C] = x · W_xᵀ;  Δ = softplus(δ · W_dtᵀ + b_dt)  (bias added once, here)
             matmul_t(&mut s.dbc, &s.xc, di, &m.x_proj, t, nx, di);
             matmul_t(&mut s.delta, &s.dbc, nx, &m.dt_w, t, di, rk);
@@ -225,7 +222,7 @@ impl Cpu {
             // 4. selective scan, D skip and SiLU(z) gate; y overwrites xc
             scan::selective_scan(
                 isa,
-                scan::ScanIo { x: &mut s.xc[..t * di], delta: &s.delta[..t * di], dbc: &s.dbc[..t * nx], xz: &s.xz[..t * 2 * di] },
+                scan::ScanIo { x: &mut s.xc[..t * di], delta: &s.delta[..t * di], dbc: &s.dbc[..t * nx], xz, xz_rows: rows },
                 &mut s.ssm_state, a_blk, &m.d, di, n, rk,
             );
             // 5. out = y · W_outᵀ through the view, or keep y for a shared out_proj

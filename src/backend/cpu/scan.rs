@@ -10,6 +10,24 @@ use super::simd::{self, Isa};
 
 pub const LANES: usize = 16;
 
+/// Where chunk row `j` of the `[x | z]` rows sits in the buffer holding them: rows are
+/// walked from `first` forwards or backwards, so a backward walk over precomputed rows
+/// needs no reversed copy.
+#[derive(Clone, Copy, Debug)]
+pub struct Rows {
+    pub first: usize,
+    pub backward: bool,
+}
+
+impl Rows {
+    pub const IN_ORDER: Rows = Rows { first: 0, backward: false };
+
+    #[inline(always)]
+    pub fn get(self, j: usize) -> usize {
+        if self.backward { self.first - j } else { self.first + j }
+    }
+}
+
 fn blocks(di: usize) -> usize {
     di.div_ceil(LANES)
 }
@@ -34,7 +52,7 @@ pub fn a_blocks(a: &[f32], di: usize, n: usize) -> Vec<f32> {
 /// chunk's last K-1 inputs, oldest first; zeros at the sequence start). Updates `state`.
 /// `w_t` is the conv weight transposed to `[k, di]` so each tap is a contiguous row.
 #[allow(clippy::too_many_arguments)]
-pub fn conv_silu(isa: Isa, xz: &[f32], xz_stride: usize, xc: &mut [f32], state: &mut [f32], w_t: &[f32], b: &[f32], di: usize, k: usize) {
+pub fn conv_silu(isa: Isa, xz: &[f32], xz_stride: usize, rows: Rows, xc: &mut [f32], state: &mut [f32], w_t: &[f32], b: &[f32], di: usize, k: usize) {
     let t = xc.len() / di;
     let hist = k - 1;
     let state_ro: &[f32] = state;
@@ -45,7 +63,7 @@ pub fn conv_silu(isa: Isa, xz: &[f32], xz_stride: usize, xc: &mut [f32], state: 
                 // source position relative to the chunk start
                 let src = j as isize - hist as isize + tap as isize;
                 let row: &[f32] = if src >= 0 {
-                    &xz[src as usize * xz_stride..][..di]
+                    &xz[rows.get(src as usize) * xz_stride..][..di]
                 } else {
                     &state_ro[(hist as isize + src) as usize * di..][..di]
                 };
@@ -64,7 +82,7 @@ pub fn conv_silu(isa: Isa, xz: &[f32], xz_stride: usize, xc: &mut [f32], state: 
     for h in 0..hist {
         let src = t as isize - hist as isize + h as isize;
         let row: &[f32] = if src >= 0 {
-            &xz[src as usize * xz_stride..][..di]
+            &xz[rows.get(src as usize) * xz_stride..][..di]
         } else {
             &state[(hist as isize + src) as usize * di..][..di]
         };
@@ -79,8 +97,9 @@ pub struct ScanIo<'a> {
     pub delta: &'a [f32],
     /// `[t, dt_rank + 2n]`: B at `dt_rank..`, C at `dt_rank + n..`.
     pub dbc: &'a [f32],
-    /// `[t, 2di]`: z is the second half.
+    /// `[x | z]` rows (2di wide), chunk row j at `xz_rows.get(j)`: z is the second half.
     pub xz: &'a [f32],
+    pub xz_rows: Rows,
 }
 
 /// Raw pointer to `x` shared by the block tasks, which write disjoint channel ranges.
@@ -92,13 +111,13 @@ unsafe impl Sync for SharedX {}
 pub fn selective_scan(isa: Isa, io: ScanIo<'_>, state: &mut [f32], a_blk: &[f32], d_skip: &[f32], di: usize, n: usize, rk: usize) {
     let t = io.x.len() / di;
     let x = SharedX(io.x.as_mut_ptr());
-    let (delta, dbc, xz) = (io.delta, io.dbc, io.xz);
+    let (delta, dbc, xz, xz_rows) = (io.delta, io.dbc, io.xz, io.xz_rows);
     state.par_chunks_mut(n * LANES).enumerate().for_each(|(blk, st)| {
         let x = x;
         let c0 = blk * LANES;
         let width = LANES.min(di - c0);
         let a = &a_blk[blk * n * LANES..][..n * LANES];
-        let args = Block { x: x.0, t, di, n, rk, c0, width, delta, dbc, xz, d_skip, a };
+        let args = Block { x: x.0, t, di, n, rk, c0, width, delta, dbc, xz, xz_rows, d_skip, a };
         // SAFETY: each block touches only its own channels c0..c0+width of x (disjoint across
         // tasks, all < di so in bounds of the t·di buffer); ISA variants run only where detected.
         unsafe {
@@ -122,6 +141,7 @@ struct Block<'a> {
     delta: &'a [f32],
     dbc: &'a [f32],
     xz: &'a [f32],
+    xz_rows: Rows,
     d_skip: &'a [f32],
     a: &'a [f32],
 }
@@ -180,7 +200,7 @@ unsafe fn scan_fixed<const N: usize>(b: &Block<'_>, st: &mut [f32]) {
         let xrow = unsafe { std::slice::from_raw_parts_mut(b.x.add(j * di + b.c0), w) };
         let xv = load(xrow, w);
         let dl = load(&b.delta[j * di + b.c0..], w);
-        let z = load(&b.xz[j * 2 * di + di + b.c0..], w);
+        let z = load(&b.xz[b.xz_rows.get(j) * 2 * di + di + b.c0..], w);
         let bc: &[f32; 2 * 16] = b.dbc[j * (b.rk + 2 * N) + b.rk..][..2 * 16].try_into().unwrap();
         let mut dx = [0.0f32; LANES];
         for l in 0..LANES {
@@ -212,7 +232,7 @@ unsafe fn scan_dyn(b: &Block<'_>, st: &mut [f32]) {
         let xrow = unsafe { std::slice::from_raw_parts_mut(b.x.add(j * di + b.c0), w) };
         let xv = load(xrow, w);
         let dl = load(&b.delta[j * di + b.c0..], w);
-        let z = load(&b.xz[j * 2 * di + di + b.c0..], w);
+        let z = load(&b.xz[b.xz_rows.get(j) * 2 * di + di + b.c0..], w);
         let bc = &b.dbc[j * (b.rk + 2 * n) + b.rk..][..2 * n];
         let mut dx = [0.0f32; LANES];
         for l in 0..LANES {
