@@ -41,7 +41,8 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// Model folder with config.json + model.safetensors (Hugging Face layout).
+    /// Model folder with config.json + model.safetensors (Hugging Face layout) [default: the
+    /// model built into the binary, see `dna-mamba info`].
     #[arg(short, long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Compute device: auto uses the first GPU when the CUDA driver, NVRTC and cuBLAS load,
@@ -87,10 +88,10 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 pub(crate) fn load_model(common: &Common) -> Result<Arc<Model>> {
-    let dir = common.model.as_ref().ok_or_else(|| {
-        anyhow!("no model given: use --model DIR (a folder with config.json and model.safetensors)")
-    })?;
-    let m = Model::load(dir).with_context(|| format!("model {}", dir.display()))?;
+    let m = match &common.model {
+        Some(dir) => Model::load(dir).with_context(|| format!("model {}", dir.display()))?,
+        None => crate::model::default::load().context("the built-in default model")?,
+    };
     Ok(Arc::new(m))
 }
 

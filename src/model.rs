@@ -1,6 +1,7 @@
 //! A loaded checkpoint: validated config plus f32 weights. The forward pass is in `forward`.
 
 pub mod config;
+pub mod default;
 pub mod forward;
 pub mod lm_head;
 pub mod weights;
