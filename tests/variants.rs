@@ -94,3 +94,28 @@ fn unindexed_reference_fails_cleanly() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("faidx") && !err.contains("panicked"), "{err}");
 }
+
+/// With the built-in model: in a (CA)n repeat the model is sure of the next base, so changing
+/// one is strongly disfavoured, masked or not.
+#[test]
+fn a_change_the_model_is_sure_about_scores_strongly_negative() {
+    let dir = tempfile::tempdir().unwrap();
+    let s: String = "CA".repeat(600);
+    let fa = dir.path().join("rep.fa");
+    std::fs::write(&fa, format!(">rep\n{s}\n")).unwrap();
+    let vcf = dir.path().join("v.vcf");
+    std::fs::write(&vcf, "##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\nrep\t601\t.\tC\tG\t.\t.\t.\nrep\t602\t.\tA\tT\t.\t.\t.\n").unwrap();
+    let bin = env!("CARGO_BIN_EXE_dna-mamba");
+    assert!(Command::new(bin).arg("faidx").arg(&fa).status().unwrap().success());
+    let o = Command::new(bin)
+        .args(["score-variants", "--vcf", vcf.to_str().unwrap(), "--fasta", fa.to_str().unwrap(), "--device", "cpu"])
+        .args(["--format", "tsv", "--scores", "llr,mllr", "-q"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for row in String::from_utf8(o.stdout).unwrap().lines().skip(1) {
+        let f: Vec<&str> = row.split('\t').collect();
+        let (llr, mllr): (f32, f32) = (f[5].parse().unwrap(), f[6].parse().unwrap());
+        assert!(llr < -3.0 && mllr < -3.0, "{row}");
+    }
+}
