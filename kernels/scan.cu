@@ -24,6 +24,14 @@
 // A2 is A·log2(e), so exp(Δ·A) is one ex2.approx.ftz (relative error ~2^-22; flushing
 // decays below 2^-126 to zero changes nothing at f32 precision). D_STATE is set when the
 // module is compiled.
+//
+// Packed contexts: rec[row] is the record of each row of the whole context (the chunk's
+// storage row i is row row0 + i). A step whose predecessor in walk order belongs to another
+// record starts from h = 0 (its flag is staged with B and C), a segment holding such a
+// step passes no state through (its Σ Δ is stored as -1: decay 0), so no state crosses a
+// record boundary in either walk direction.
+// bf16 mode: scan_output writes the gated output as bf16 to y_h (what out_proj reads)
+// instead of over x.
 
 #ifndef D_STATE
 #define D_STATE 16
@@ -47,16 +55,38 @@ __device__ __forceinline__ size_t step_row(int j, int t, int rev)
 }
 
 // Copies `width` values from offset rk of the dbc rows of steps j0..j0+steps into smem,
-// in step order. Called by every thread of the block.
+// in step order, then (packed contexts) one reset flag per step after them: whether the
+// step's predecessor in walk order lies in another record. Called by every thread of the block.
 __device__ __forceinline__ void stage_rows(float* smem, const float* __restrict__ dbc, int j0, int steps,
-                                           int width, int t, int nx, int rk, int rev)
+                                           int width, int t, int nx, int rk, int rev,
+                                           const int* __restrict__ rec, long long row0, long long len, int packed)
 {
     for (int e = threadIdx.x; e < steps * width; e += blockDim.x) {
         const int jj = e / width;
         smem[e] = dbc[step_row(j0 + jj, t, rev) * nx + rk + (e - jj * width)];
     }
+    if (packed) {
+        int* flags = reinterpret_cast<int*>(smem + steps * width);
+        for (int jj = threadIdx.x; jj < steps; jj += blockDim.x) {
+            const long long g = row0 + (long long)step_row(j0 + jj, t, rev);
+            const long long p = rev ? g + 1 : g - 1;
+            flags[jj] = (p >= 0 && p < len && rec[p] != rec[g]) ? 1 : 0;
+        }
+    }
     __syncthreads();
 }
+
+// f32 -> bf16 bits, round to nearest even (NaN stays NaN).
+__device__ __forceinline__ unsigned short to_bf16(float f)
+{
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
+// Decay of a segment (or group of segments) from its Σ Δ; -1 marks one that holds a reset.
+__device__ __forceinline__ float decay(float a, float dsum) { return dsum < 0.0f ? 0.0f : exp2_ftz(a * dsum); }
 
 __device__ __forceinline__ void load_state_row(float (&v)[D_STATE], const float* p)
 {
@@ -72,7 +102,7 @@ __device__ __forceinline__ void load_state_row(float (&v)[D_STATE], const float*
 #endif
 }
 
-// Dynamic shared memory: seg_len · D_STATE floats (B of the segment's steps).
+// Dynamic shared memory: seg_len · (D_STATE + 1) floats (B of the segment's steps, flags).
 // At most 128 threads a block (the host launches that); register cap for 9 blocks per SM.
 extern "C" __global__ void __launch_bounds__(128, 9) scan_ends(const float* __restrict__ x,
                                      float* __restrict__ delta,
@@ -81,7 +111,8 @@ extern "C" __global__ void __launch_bounds__(128, 9) scan_ends(const float* __re
                                      const float* __restrict__ dt_b,
                                      float* __restrict__ h_end,
                                      float* __restrict__ dsum,
-                                     int t, int di, int nx, int rk, int seg_len, int rev)
+                                     int t, int di, int nx, int rk, int seg_len, int rev,
+                                     const int* __restrict__ rec, long long row0, long long len, int packed)
 {
     extern __shared__ float4 smem4[];
     float* bs = reinterpret_cast<float*>(smem4);
@@ -89,7 +120,8 @@ extern "C" __global__ void __launch_bounds__(128, 9) scan_ends(const float* __re
     const int s = blockIdx.y;
     const int j0 = s * seg_len;
     const int steps = min(seg_len, t - j0);
-    stage_rows(bs, dbc, j0, steps, D_STATE, t, nx, rk, rev);
+    stage_rows(bs, dbc, j0, steps, D_STATE, t, nx, rk, rev, rec, row0, len, packed);
+    const int* flags = reinterpret_cast<const int*>(bs + steps * D_STATE);
     if (c >= di) return;
     float a[D_STATE], h[D_STATE];
 #pragma unroll
@@ -105,11 +137,17 @@ extern "C" __global__ void __launch_bounds__(128, 9) scan_ends(const float* __re
     const float* xp = x + r0;
     float d_next = *dp, x_next = *xp;
     float sum = 0.0f;
+    bool reset = false;
     for (int jj = 0; jj < steps; ++jj) {
         const float d_raw = d_next, xv = x_next;
         if (jj + 1 < steps) {
             d_next = dp[stride];
             x_next = xp[stride];
+        }
+        if (packed && flags[jj]) {
+#pragma unroll
+            for (int n = 0; n < D_STATE; ++n) h[n] = 0.0f;
+            reset = true;
         }
         const float dl = softplus(d_raw + bias);
         *dp = dl;
@@ -125,7 +163,7 @@ extern "C" __global__ void __launch_bounds__(128, 9) scan_ends(const float* __re
     float* he = h_end + ((size_t)s * di + c) * D_STATE;
 #pragma unroll
     for (int n = 0; n < D_STATE; ++n) he[n] = h[n];
-    dsum[(size_t)s * di + c] = sum;
+    dsum[(size_t)s * di + c] = reset ? -1.0f : sum;
 }
 
 #define COMBINE_GROUPS 32
@@ -154,19 +192,19 @@ extern "C" __global__ void scan_combine(float* __restrict__ h_end,
     if (live) {
         for (int s = s0; s < s1; ++s) {
             const float ds = dsum[(size_t)s * di + c];
-            H = exp2_ftz(a * ds) * H + h_end[(size_t)s * cells + i];
-            S += ds;
+            H = decay(a, ds) * H + h_end[(size_t)s * cells + i];
+            S = (ds < 0.0f || S < 0.0f) ? -1.0f : S + ds;
         }
     }
     fold_s[g][lane] = S;
     fold_h[g][lane] = H;
     __syncthreads();
     if (!live) return;
-    for (int q = 0; q < g; ++q) h = exp2_ftz(a * fold_s[q][lane]) * h + fold_h[q][lane];
+    for (int q = 0; q < g; ++q) h = decay(a, fold_s[q][lane]) * h + fold_h[q][lane];
     for (int s = s0; s < s1; ++s) {
         const float end = h_end[(size_t)s * cells + i];
         h_end[(size_t)s * cells + i] = h;
-        h = exp2_ftz(a * dsum[(size_t)s * di + c]) * h + end;
+        h = decay(a, dsum[(size_t)s * di + c]) * h + end;
     }
     if (g == COMBINE_GROUPS - 1) state[i] = h;
 }
@@ -174,8 +212,8 @@ extern "C" __global__ void scan_combine(float* __restrict__ h_end,
 // h_start: [nseg][di][D_STATE] start states, or the carried state when the chunk is one
 // segment (then `write_back` stores the end state there). `delta_ready`: scan_ends has
 // already turned δ into Δ.
-// Dynamic shared memory: seg_len · 2·D_STATE floats (B and C of the segment's steps).
-// At most 128 threads a block; register cap for 8 blocks per SM.
+// Dynamic shared memory: seg_len · (2·D_STATE + 1) floats (B and C of the segment's steps,
+// flags). At most 128 threads a block; register cap for 8 blocks per SM.
 extern "C" __global__ void __launch_bounds__(128, 8) scan_output(float* __restrict__ x,
                                        const float* __restrict__ delta,
                                        const float* __restrict__ dbc,
@@ -185,7 +223,9 @@ extern "C" __global__ void __launch_bounds__(128, 8) scan_output(float* __restri
                                        const float* __restrict__ d_skip,
                                        float* __restrict__ h_start,
                                        int t, int di, int nx, int rk, int seg_len, int rev,
-                                       int delta_ready, int write_back)
+                                       int delta_ready, int write_back,
+                                       const int* __restrict__ rec, long long row0, long long len, int packed,
+                                       unsigned short* __restrict__ y_h, int half)
 {
     extern __shared__ float4 smem4[];
     float* bcs = reinterpret_cast<float*>(smem4);
@@ -193,7 +233,8 @@ extern "C" __global__ void __launch_bounds__(128, 8) scan_output(float* __restri
     const int s = blockIdx.y;
     const int j0 = s * seg_len;
     const int steps = min(seg_len, t - j0);
-    stage_rows(bcs, dbc, j0, steps, 2 * D_STATE, t, nx, rk, rev);
+    stage_rows(bcs, dbc, j0, steps, 2 * D_STATE, t, nx, rk, rev, rec, row0, len, packed);
+    const int* flags = reinterpret_cast<const int*>(bcs + steps * 2 * D_STATE);
     if (c >= di) return;
     float a[D_STATE], h[D_STATE];
     float* hs = h_start + ((size_t)s * di + c) * D_STATE;
@@ -208,6 +249,7 @@ extern "C" __global__ void __launch_bounds__(128, 8) scan_output(float* __restri
     const size_t r0 = step_row(j0, t, rev);
     const float* dp = delta + r0 * di + c;
     float* xp = x + r0 * di + c;
+    unsigned short* yp = y_h + (half ? r0 * di + c : 0);
     const float* zp = xz + r0 * 2 * (size_t)di + di + c;
     float d_next = *dp, x_next = *xp, z_next = *zp;
     for (int jj = 0; jj < steps; ++jj) {
@@ -216,6 +258,10 @@ extern "C" __global__ void __launch_bounds__(128, 8) scan_output(float* __restri
             d_next = dp[stride];
             x_next = xp[stride];
             z_next = zp[2 * stride];
+        }
+        if (packed && flags[jj]) {
+#pragma unroll
+            for (int n = 0; n < D_STATE; ++n) h[n] = 0.0f;
         }
         const float dl = delta_ready ? d_raw : softplus(d_raw + bias);
         const float dx = dl * xv;
@@ -229,7 +275,13 @@ extern "C" __global__ void __launch_bounds__(128, 8) scan_output(float* __restri
             h[n] = exp2_ftz(dl * a[n]) * h[n] + dx * bm[n];
             if (n % 2 == 0) y0 += h[n] * cm[n]; else y1 += h[n] * cm[n];
         }
-        *xp = (y0 + y1 + dsk * xv) * silu(z);
+        const float o = (y0 + y1 + dsk * xv) * silu(z);
+        if (half) {
+            *yp = to_bf16(o);
+            yp += stride;
+        } else {
+            *xp = o;
+        }
         dp += stride;
         xp += stride;
         zp += 2 * stride;

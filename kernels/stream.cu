@@ -8,6 +8,11 @@
 // rms_norm     one warp per (row, half): the sum of squares and the scaled write in one
 //              pass over the row, 4·width B read + 4·width B written; an RCPS second half
 //              reads the weight back to front instead of using a flipped copy.
+// rows_to_bf16 bf16 mode: a view's D-wide column block of `rows` rows as packed bf16, the
+//              operand in_proj reads on tensor cores: 4·D B read, 2·D B written per row.
+// sum_rows     column sums (f64) of row ranges, one block column-slice per range: pooled
+//              means of packed records without copying their rows to the host; reads
+//              4·width B per row, writes 8·width B per range.
 //
 // All offsets are size_t: rows × width exceeds 2^31 at long contexts.
 
@@ -62,4 +67,46 @@ extern "C" __global__ void rms_norm(const float* __restrict__ src,
         const float s = 1.0f / sqrtf(ss / (float)d + eps);
         for (int c = lane; c < d; c += 32) o[c] = x[c] * s * w[flip ? d - 1 - c : c];
     }
+}
+
+// f32 -> bf16 bits, round to nearest even (NaN stays NaN).
+__device__ __forceinline__ unsigned short to_bf16(float f)
+{
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
+extern "C" __global__ void rows_to_bf16(const float* __restrict__ src, size_t ld,
+                                        unsigned short* __restrict__ dst, size_t rows, int d)
+{
+    const size_t total = rows * (size_t)d;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const size_t row = i / d;
+        const size_t c = i - row * d;
+        dst[i] = to_bf16(src[row * ld + c]);
+    }
+}
+
+// ranges: [n][2] (first row, end row). Grid (n, ceil(width / blockDim.x)).
+extern "C" __global__ void sum_rows(const float* __restrict__ buf, int width,
+                                    const long long* __restrict__ ranges,
+                                    double* __restrict__ out)
+{
+    const int c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= width) return;
+    const long long r0 = ranges[2 * (size_t)blockIdx.x], r1 = ranges[2 * (size_t)blockIdx.x + 1];
+    const float* p = buf + (size_t)r0 * width + c;
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    long long r = r0;
+    for (; r + 4 <= r1; r += 4, p += 4 * (size_t)width) {
+        s0 += p[0];
+        s1 += p[width];
+        s2 += p[2 * (size_t)width];
+        s3 += p[3 * (size_t)width];
+    }
+    for (; r < r1; ++r, p += width) s0 += p[0];
+    out[(size_t)blockIdx.x * width + c] = (s0 + s1) + (s2 + s3);
 }

@@ -11,6 +11,18 @@ pub mod cuda;
 
 use anyhow::Result;
 
+/// Arithmetic of the projections (`--precision`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    /// f32 everywhere (matches the CPU backend to ~1e-7).
+    #[default]
+    F32,
+    /// GPU only: in_proj, x_proj, dt_proj and out_proj read bf16 operands on tensor cores and
+    /// accumulate and write f32; residual, norms, conv, Δ, A, the scan state and all
+    /// reductions stay f32 (~2e-3 norm-wise from f32 on 16-layer models).
+    Bf16,
+}
+
 /// Which RMSNorm weight to apply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Norm {
@@ -76,4 +88,36 @@ pub trait Backend {
     }
     /// Copy rows `start..start + dst.len() / width` to host memory.
     fn read_rows(&self, buf: &Self::Buf, start: usize, dst: &mut [f32]) -> Result<()>;
+    /// Whether `set_records` works: several records packed into one context.
+    fn supports_packing(&self) -> bool {
+        false
+    }
+    /// Record boundaries for the mixer calls that follow, over a context of `len` rows:
+    /// `starts` are the first rows of the packed records (0 first, ascending). The conv and
+    /// scan state then restart at every record boundary in both walk directions, so each
+    /// record's rows equal those of a run over that record alone. `None`: one record.
+    fn set_records(&self, _starts: Option<&[usize]>, _len: usize) -> Result<()> {
+        anyhow::bail!("{}: packing several records into one context is not implemented on this backend", self.name())
+    }
+    /// Column sums, in f64, of row ranges of a `width`-wide buffer: `out[i * width..][..width]`
+    /// is the sum of rows `ranges[i].0..ranges[i].1`. This default reads the rows to the host.
+    fn sum_rows(&self, buf: &Self::Buf, width: usize, ranges: &[(usize, usize)], out: &mut [f64]) -> Result<()> {
+        anyhow::ensure!(out.len() == ranges.len() * width, "sum_rows: output of the wrong size");
+        const BLOCK: usize = 4096;
+        let mut rows = Vec::new();
+        for (&(a, b), sum) in ranges.iter().zip(out.chunks_mut(width.max(1))) {
+            sum.fill(0.0);
+            let mut r = a;
+            while r < b {
+                let n = BLOCK.min(b - r);
+                rows.resize(n * width, 0.0);
+                self.read_rows(buf, r, &mut rows)?;
+                for row in rows.chunks(width.max(1)) {
+                    sum.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
+                }
+                r += n;
+            }
+        }
+        Ok(())
+    }
 }

@@ -138,6 +138,82 @@ impl<B: Backend> Embedder<B> {
         }
     }
 
+    /// Whether `pooled_packed` works: the backend packs records into one context and the
+    /// output is hidden states (pooling sums of them is linear).
+    pub fn can_pack(&self) -> bool {
+        self.engine.supports_packing() && self.feature == Feature::Hidden
+    }
+
+    /// For records that each fit one context: the sum over each record's positions of its
+    /// feature rows, strands weighted as in `record` (what a `Mean` sink accumulates), with
+    /// records packed into contexts of about `pack_bases` bases (one launch sequence each;
+    /// no padding: the conv and scan state restart at every record boundary) and the sums
+    /// taken on the device. Needs `can_pack`.
+    pub fn pooled_packed(&mut self, records: &[&[u8]], pack_bases: usize) -> Result<Vec<Vec<f64>>> {
+        if !self.can_pack() {
+            bail!("{}: records cannot be packed here", self.engine.backend().name());
+        }
+        if let Some(r) = records.iter().find(|r| r.is_empty() || r.len() > self.context) {
+            bail!("a packed record must have 1 to {} bases (--context), not {}", self.context, r.len());
+        }
+        let cfg = &self.model.config;
+        let (d, hw, width) = (cfg.d_model, cfg.hidden_width(), self.width());
+        let passes = self.passes();
+        let mut out = vec![vec![0.0f64; width]; records.len()];
+        let mut first = 0;
+        while first < records.len() {
+            // greedy: as many records as fit pack_bases (at least one)
+            let mut end = first + 1;
+            let mut bases = records[first].len();
+            while end < records.len() && bases + records[end].len() <= pack_bases {
+                bases += records[end].len();
+                end += 1;
+            }
+            let group = &records[first..end];
+            let mut starts = Vec::with_capacity(group.len());
+            let mut ranges = Vec::with_capacity(group.len());
+            let mut row = 0;
+            for r in group {
+                starts.push(row);
+                ranges.push((row, row + r.len()));
+                row += r.len();
+            }
+            let mut tokens = Vec::with_capacity(bases);
+            let mut sums = vec![0.0f64; group.len() * hw];
+            for pass in &passes {
+                tokens.clear();
+                for r in group {
+                    if pass.rc {
+                        // each record's reverse complement in its own slot: the pooled sum
+                        // does not depend on the order of its rows
+                        tokens.extend(tokenizer::reverse_complement(r, &self.model.weights.complement));
+                    } else {
+                        tokens.extend_from_slice(r);
+                    }
+                }
+                if group.len() == 1 {
+                    self.engine.run(&tokens)?;
+                } else {
+                    self.engine.run_packed(&tokens, &starts)?;
+                }
+                self.engine.sum_rows(&ranges, &mut sums)?;
+                for (o, h) in out[first..end].iter_mut().zip(sums.chunks(hw)) {
+                    // the hidden-state feature rows are linear in the hidden row
+                    let w = pass.weight as f64;
+                    match (cfg.rcps, self.strand) {
+                        (true, Strand::Rc) => o.iter_mut().enumerate().for_each(|(c, o)| *o += w * h[2 * d - 1 - c]),
+                        (true, Strand::Both) => {
+                            o.iter_mut().enumerate().for_each(|(c, o)| *o += w * 0.5 * (h[c] + h[2 * d - 1 - c]))
+                        }
+                        _ => o.iter_mut().zip(h).for_each(|(o, v)| *o += w * v),
+                    }
+                }
+            }
+            first = end;
+        }
+        Ok(out)
+    }
+
     /// Run one tokenized record through every tile and pass into `sink`.
     /// `progress` is called with the number of bases finished so far.
     pub fn record(&mut self, tokens: &[u8], sink: &mut dyn Sink, progress: &mut dyn FnMut(usize)) -> Result<()> {

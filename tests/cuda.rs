@@ -1,5 +1,7 @@
 //! The CUDA backend against the CPU backend (fresh random models and inputs) and against the
-//! float64 reference fixtures. Tolerance: <= 1e-4 norm-wise relative error.
+//! float64 reference fixtures. Tolerance: <= 1e-4 norm-wise relative error in f32, <= 1e-2
+//! in bf16 (against the CPU's f32). Packed contexts (several records in one) against each
+//! record run alone on the CPU.
 //!
 //! Without a GPU, driver or CUDA libraries each test prints why and passes (CI has no GPU).
 //! `cargo test --release --test cuda -- --ignored --nocapture bench` prints throughput.
@@ -14,12 +16,15 @@ use std::time::Instant;
 use common::*;
 use dna_mamba::backend::cpu::Cpu;
 use dna_mamba::backend::cuda::{self, Cuda};
-use dna_mamba::backend::Backend;
+use dna_mamba::backend::{Backend, Precision};
+use dna_mamba::embed::{Embedder, Feature, Strand};
 use dna_mamba::model::forward::Engine;
+use dna_mamba::sinks::Mean;
 use dna_mamba::model::Model;
 use safetensors::{tensor::TensorView, Dtype};
 
 const TOL: f64 = 1e-4;
+const TOL_BF16: f64 = 1e-2;
 
 fn gpu(test: &str) -> bool {
     match cuda::available() {
@@ -141,10 +146,19 @@ fn hidden<B: Backend>(engine: &mut Engine<B>, tokens: &[u8]) -> Vec<f32> {
 }
 
 fn assert_close(got: &[f32], want: &[f32], what: &str) -> f64 {
+    assert_within(got, want, TOL, what)
+}
+
+fn assert_within(got: &[f32], want: &[f32], tol: f64, what: &str) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
     assert!(got.iter().all(|v| v.is_finite()), "{what}: non-finite output");
     let err = rel_err(got, want);
-    assert!(err <= TOL, "{what}: relative error {err:.3e}");
+    assert!(err <= tol, "{what}: relative error {err:.3e} > {tol:.0e}");
     err
+}
+
+fn gpu_engine(model: &Arc<Model>, chunk: usize, precision: Precision) -> Engine<Cuda> {
+    Engine::new(Cuda::with_options(model.clone(), 0, chunk, precision).unwrap(), model.config.clone())
 }
 
 fn compare_with_cpu(model: &Arc<Model>, lens: &[usize], chunks: &[usize], seed: u64, what: &str) {
@@ -243,6 +257,199 @@ fn reruns_and_shorter_contexts_are_consistent() {
     }
 }
 
+#[test]
+fn bf16_matches_cpu() {
+    if !gpu("bf16_matches_cpu") {
+        return;
+    }
+    // bf16 projections against the CPU's f32: small odd shapes (no tensor-core-friendly
+    // sizes), wide ones over several chunks, and every kind of model.
+    let mut worst = 0f64;
+    for (kind, d, layers, tie, seed) in [
+        (Kind::Ph, 20, 2, true, 31),
+        (Kind::Ps, 20, 2, false, 32),
+        (Kind::Causal, 20, 2, true, 33),
+        (Kind::Ph, 128, 2, true, 34),
+        (Kind::Ps, 128, 2, true, 35),
+        (Kind::Causal, 128, 2, true, 36),
+    ] {
+        let model = random_model(kind, d, layers, tie, seed);
+        let mut cpu = Engine::new(Cpu::new(model.clone()), model.config.clone());
+        for chunk in [cuda::DEFAULT_CHUNK, 1000] {
+            let mut gpu = gpu_engine(&model, chunk, Precision::Bf16);
+            assert!(gpu.backend().name().contains("bf16"));
+            for (i, len) in [1usize, 5, 151, 2500, 20_001].into_iter().enumerate() {
+                let tokens = random_tokens(len, seed * 10 + i as u64);
+                let want = hidden(&mut cpu, &tokens);
+                let got = hidden(&mut gpu, &tokens);
+                let e = assert_within(&got, &want, TOL_BF16, &format!("bf16 {kind:?} d{d} len {len} chunk {chunk}"));
+                println!("bf16 {kind:?} d{d} tie {tie} len {len} chunk {chunk}: relative error vs CPU f32 {e:.2e}");
+                worst = worst.max(e);
+            }
+        }
+    }
+    println!("bf16 vs CPU f32, 2-layer models: max relative error {worst:.2e}");
+}
+
+#[test]
+fn bf16_deep_model_matches_cpu() {
+    if !gpu("bf16_deep_model_matches_cpu") {
+        return;
+    }
+    // The caduceus-131k shape (d_model 256, 16 layers): bf16 rounding of the projections'
+    // inputs accumulates over the layers. Also the fixtures against the float64 reference.
+    for (kind, seed) in [(Kind::Ph, 41), (Kind::Ps, 42)] {
+        let model = random_model(kind, 256, 16, true, seed);
+        let tokens = random_tokens(4096, seed);
+        let want = hidden(&mut Engine::new(Cpu::new(model.clone()), model.config.clone()), &tokens);
+        let got = hidden(&mut gpu_engine(&model, cuda::DEFAULT_CHUNK, Precision::Bf16), &tokens);
+        let e = assert_within(&got, &want, TOL_BF16, &format!("bf16 {kind:?} d256 x16"));
+        let f32_got = hidden(&mut gpu_engine(&model, cuda::DEFAULT_CHUNK, Precision::F32), &tokens);
+        let e32 = assert_close(&f32_got, &want, &format!("f32 {kind:?} d256 x16"));
+        println!("{kind:?} d256 x16, 4096 bases: relative error vs CPU f32: bf16 {e:.2e}, f32 {e32:.2e}");
+    }
+    for name in ["ph", "ps", "causal", "ph_bf16"] {
+        let model = load(name);
+        let mut gpu = gpu_engine(&model, cuda::DEFAULT_CHUNK, Precision::Bf16);
+        let mut worst = 0f64;
+        for (id, seq) in inputs() {
+            let mut tokens = Vec::new();
+            dna_mamba::tokenizer::encode_into(&seq, &mut tokens);
+            let (_, want) = expected(name, &format!("hidden.{id}"));
+            worst = worst.max(assert_within(&hidden(&mut gpu, &tokens), &want, TOL_BF16, &format!("bf16 {name} {id}")));
+        }
+        println!("bf16 {name}: max relative error vs float64 reference {worst:.2e}");
+    }
+}
+
+/// Record lengths for the packing tests: single bases, 150 / 151 (reads), and mixes.
+fn packing_cases() -> Vec<Vec<usize>> {
+    let mut rng = Rng(77);
+    let mixed: Vec<usize> = (0..60).map(|_| 1 + (rng.next() % 1500) as usize).collect();
+    vec![
+        vec![1],
+        vec![150],
+        vec![1, 1, 1],
+        vec![150, 151, 150],
+        vec![151, 1, 150, 2, 3, 1000, 37, 1, 151],
+        mixed,
+    ]
+}
+
+/// Packed records through the GPU against each record alone on the CPU, row for row.
+fn check_packed(model: &Arc<Model>, chunks: &[usize], precision: Precision, tol: f64, seed: u64, what: &str) -> f64 {
+    let hw = model.config.hidden_width();
+    let mut cpu = Engine::new(Cpu::new(model.clone()), model.config.clone());
+    let mut worst = 0f64;
+    for &chunk in chunks {
+        let mut gpu = gpu_engine(model, chunk, precision);
+        for (ci, lens) in packing_cases().into_iter().enumerate() {
+            let recs: Vec<Vec<u8>> = lens.iter().enumerate().map(|(i, &l)| random_tokens(l, seed + 1000 * ci as u64 + i as u64)).collect();
+            let mut starts = Vec::new();
+            let mut all = Vec::new();
+            for r in &recs {
+                starts.push(all.len());
+                all.extend_from_slice(r);
+            }
+            gpu.run_packed(&all, &starts).unwrap();
+            let mut got = vec![f32::NAN; all.len() * hw];
+            gpu.read_rows(0, &mut got).unwrap();
+            for (k, r) in recs.iter().enumerate() {
+                let want = hidden(&mut cpu, r);
+                let g = &got[starts[k] * hw..][..r.len() * hw];
+                let e = assert_within(g, &want, tol, &format!("{what} chunk {chunk} case {ci} record {k} (len {})", r.len()));
+                worst = worst.max(e);
+            }
+            // an unpacked run right after must not see the records
+            let want = hidden(&mut cpu, &all);
+            assert_within(&hidden(&mut gpu, &all), &want, tol, &format!("{what}: unpacked after packed"));
+        }
+    }
+    println!("{what}: max relative error of packed records vs each alone on the CPU {worst:.2e}");
+    worst
+}
+
+#[test]
+fn packed_records_match_cpu_per_record() {
+    if !gpu("packed_records_match_cpu_per_record") {
+        return;
+    }
+    // chunk 64 and 1000 put record boundaries across chunks and inside scan segments
+    for (kind, d, tie, seed) in [
+        (Kind::Ph, 20, true, 51),
+        (Kind::Ps, 20, false, 52),
+        (Kind::Causal, 20, true, 53),
+        (Kind::Ph, 128, true, 54),
+        (Kind::Ps, 128, true, 55),
+    ] {
+        let model = random_model(kind, d, 2, tie, seed);
+        // chunk 3: the conv window reaches across whole chunks (launch-bound, so d20 only)
+        let chunks: &[usize] = if d == 20 { &[cuda::DEFAULT_CHUNK, 1000, 64, 3] } else { &[cuda::DEFAULT_CHUNK, 1000, 64] };
+        check_packed(&model, chunks, Precision::F32, TOL, seed * 100, &format!("f32 {kind:?} d{d}"));
+        check_packed(&model, &[cuda::DEFAULT_CHUNK, 64], Precision::Bf16, TOL_BF16, seed * 100, &format!("bf16 {kind:?} d{d}"));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_model_with(dir.path(), Kind::Ps, 20, 2, true, 56, 10, 3);
+    let model = Arc::new(Model::load(dir.path()).unwrap());
+    check_packed(&model, &[cuda::DEFAULT_CHUNK, 64], Precision::F32, TOL, 5600, "f32 Ps d20 d_state 10 d_conv 3");
+}
+
+#[test]
+fn pooled_packed_matches_mean_per_record() {
+    if !gpu("pooled_packed_matches_mean_per_record") {
+        return;
+    }
+    // Embedder::pooled_packed (GPU, records packed, sums on the device) against the CPU
+    // Embedder with a Mean sink per record, for every strand option.
+    let lens = [150usize, 151, 1, 150, 7, 2000, 150, 33];
+    for (kind, seed) in [(Kind::Ph, 61), (Kind::Ps, 62), (Kind::Causal, 63)] {
+        let model = random_model(kind, 24, 2, true, seed);
+        let recs: Vec<Vec<u8>> = lens.iter().enumerate().map(|(i, &l)| random_tokens(l, seed * 10 + i as u64).iter().map(|t| t % 12).collect()).collect();
+        let refs: Vec<&[u8]> = recs.iter().map(|r| r.as_slice()).collect();
+        for strand in [Strand::Fwd, Strand::Rc, Strand::Both] {
+            let mut cpu = Embedder::new(Cpu::new(model.clone()), model.clone(), strand, Feature::Hidden, 131_072, 0).unwrap();
+            let gpu_backend = Cuda::with_options(model.clone(), 0, cuda::DEFAULT_CHUNK, Precision::F32).unwrap();
+            let mut gpu = Embedder::new(gpu_backend, model.clone(), strand, Feature::Hidden, 131_072, 0).unwrap();
+            assert!(gpu.can_pack() && !cpu.can_pack());
+            // pack limits that give one context, several, and one record each
+            for pack in [1 << 20, 400, 1] {
+                let sums = gpu.pooled_packed(&refs, pack).unwrap();
+                for (k, r) in recs.iter().enumerate() {
+                    let mut m = Mean::new(cpu.width());
+                    cpu.record(r, &mut m, &mut |_| {}).unwrap();
+                    let want: Vec<f32> = m.finish(r.len()).collect();
+                    let got: Vec<f32> = Mean { sum: sums[k].clone() }.finish(r.len()).collect();
+                    assert_close(&got, &want, &format!("{kind:?} {strand:?} pack {pack} record {k} (len {})", r.len()));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn causal_streaming_matches_cpu() {
+    if !gpu("causal_streaming_matches_cpu") {
+        return;
+    }
+    // mixer_carry: a causal record streamed segment by segment equals one context on the CPU.
+    let model = random_model(Kind::Causal, 24, 2, true, 71);
+    let tokens = random_tokens(5000, 72);
+    let want = hidden(&mut Engine::new(Cpu::new(model.clone()), model.config.clone()), &tokens);
+    let hw = model.config.hidden_width();
+    for (chunk, seg) in [(cuda::DEFAULT_CHUNK, 1000usize), (64, 777), (3, 5000)] {
+        let mut gpu = gpu_engine(&model, chunk, Precision::F32);
+        let mut got = vec![f32::NAN; tokens.len() * hw];
+        let mut start = 0;
+        while start < tokens.len() {
+            let end = (start + seg).min(tokens.len());
+            gpu.run_segment(&tokens[start..end], start == 0).unwrap();
+            gpu.read_rows(0, &mut got[start * hw..end * hw]).unwrap();
+            start = end;
+        }
+        assert_close(&got, &want, &format!("streamed causal, chunk {chunk}, segments of {seg}"));
+    }
+}
+
 /// Throughput of a Ph model the size of caduceus-ph 131k (d_model 256, 16 layers) with
 /// random weights: one forward pass over a single context, like `--strand fwd`.
 #[test]
@@ -256,11 +463,16 @@ fn bench_ph_131k() {
     let (free0, total) = probe.mem_get_info().unwrap();
     drop(probe);
     println!("device: {}", Cuda::new(model.clone(), 0).unwrap().name());
-    println!("| bases | chunk | median s | bases/s | GPU memory used (MiB, incl. context) |");
-    for (len, chunks) in [(131_072usize, &[16384usize, 32768, 65536][..]), (1_048_576, &[32768, 65536][..])] {
+    println!("| precision | bases | chunk | median s | bases/s | GPU memory used (MiB, incl. context) |");
+    for (precision, len, chunks) in [
+        (Precision::F32, 131_072usize, &[16384usize, 32768, 65536][..]),
+        (Precision::F32, 1_048_576, &[32768, 65536][..]),
+        (Precision::Bf16, 131_072, &[32768, 65536][..]),
+        (Precision::Bf16, 1_048_576, &[32768][..]),
+    ] {
         let tokens = random_tokens(len, 7);
         for &chunk in chunks {
-            let mut e = Engine::new(Cuda::with_chunk(model.clone(), 0, chunk).unwrap(), model.config.clone());
+            let mut e = gpu_engine(&model, chunk, precision);
             e.run(&tokens).unwrap(); // warm-up: allocations, module load, cuBLAS heuristics
             e.backend().synchronize().unwrap();
             let mut times = Vec::new();
@@ -274,7 +486,7 @@ fn bench_ph_131k() {
             let med = times[times.len() / 2];
             let (free, _) = e.backend().mem_get_info().unwrap();
             println!(
-                "| {len} | {chunk} | {med:.4} | {:.3e} | {} (baseline {}) |",
+                "| {precision:?} | {len} | {chunk} | {med:.4} | {:.3e} | {} (baseline {}) |",
                 len as f64 / med,
                 (total - free) >> 20,
                 (total - free0) >> 20
@@ -316,8 +528,13 @@ fn profile_one_layer() {
     if !gpu("profile_one_layer") {
         return;
     }
+    // DNA_MAMBA_PROFILE_PRECISION=bf16 profiles the bf16 path
+    let precision = match std::env::var("DNA_MAMBA_PROFILE_PRECISION").as_deref() {
+        Ok("bf16") => Precision::Bf16,
+        _ => Precision::F32,
+    };
     let model = random_model(Kind::Ph, 256, 1, true, 43);
-    let mut e = Engine::new(Cuda::new(model.clone(), 0).unwrap(), model.config.clone());
+    let mut e = gpu_engine(&model, cuda::DEFAULT_CHUNK, precision);
     e.run(&random_tokens(131_072, 9)).unwrap();
     e.backend().synchronize().unwrap();
 }

@@ -19,6 +19,41 @@ use crate::model::Model;
 use crate::progress::Progress;
 use crate::sinks::{Csv, Mean, PositionCsv, RawRows, Windows};
 
+/// Bases per packed context. On backends that pack records (the GPU), pooled means of
+/// records that fit one context are computed with several records packed into one context
+/// (short reads fill the device together) and summed on the device.
+const PACK_BASES: usize = 262_144;
+
+/// Pending short records for one packed context, written in input order.
+#[derive(Default)]
+struct Packed {
+    records: Vec<(String, Vec<u8>)>,
+    bases: usize,
+}
+
+impl Packed {
+    /// Run the pending records, write their mean rows, and empty the batch.
+    fn flush<B: Backend, W: Write>(&mut self, emb: &mut Embedder<B>, csv: &mut Csv<W>, progress: &mut Progress, verbose: bool) -> Result<()> {
+        if self.records.is_empty() {
+            return Ok(());
+        }
+        let toks: Vec<&[u8]> = self.records.iter().map(|(_, t)| t.as_slice()).collect();
+        let sums = emb.pooled_packed(&toks, PACK_BASES).with_context(|| {
+            format!("a packed batch of {} records ('{}' to '{}')", toks.len(), self.records[0].0, self.records[toks.len() - 1].0)
+        })?;
+        for ((id, toks), sum) in self.records.iter().zip(sums) {
+            csv.row(id, &[toks.len()], Mean { sum }.finish(toks.len()))?;
+            progress.record_done(toks.len());
+            if verbose {
+                progress.warn(&format!("done: {id} ({} bases, packed)", toks.len()));
+            }
+        }
+        self.records.clear();
+        self.bases = 0;
+        Ok(())
+    }
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pool {
     /// Mean over all positions: one row per record.
@@ -167,7 +202,23 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
                 _ => &["id", "length"],
             };
             csv.header(lead, &cols)?;
+            // pooled means of short records: packed several to a context where the backend can
+            let pack = a.pool == Pool::Mean && a.window.is_none() && emb.can_pack();
+            let pack_max = emb.context;
+            let mut packed = Packed::default();
             each_input(a, &mut totals, &mut tokens, &mut |id, toks, offset| {
+                if pack {
+                    if toks.len() <= pack_max {
+                        if packed.bases + toks.len() > PACK_BASES {
+                            packed.flush(&mut emb, &mut csv, &mut progress, a.common.verbose)?;
+                        }
+                        packed.records.push((id.to_string(), toks.to_vec()));
+                        packed.bases += toks.len();
+                        return Ok(());
+                    }
+                    // a long record: the pending short ones go first, to keep the input order
+                    packed.flush(&mut emb, &mut csv, &mut progress, a.common.verbose)?;
+                }
                 let mut bar = |n: usize| progress.bases(n);
                 match (a.pool, a.window) {
                     (Pool::None, _) => emb.record(toks, &mut PositionCsv { out: &mut csv, id, offset }, &mut bar)?,
@@ -187,6 +238,7 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
                 }
                 Ok(())
             })?;
+            packed.flush(&mut emb, &mut csv, &mut progress, a.common.verbose)?;
             if totals.records == 0 && !a.common.quiet {
                 progress.warn("warning: the input has no records; wrote a header only");
             }

@@ -85,6 +85,41 @@ impl<B: Backend> Engine<B> {
     /// Compute the final normalized hidden states of `tokens` (one context, no padding).
     /// Read them with `read_rows`.
     pub fn run(&mut self, tokens: &[u8]) -> Result<()> {
+        self.forward(tokens)
+    }
+
+    /// Whether `run_packed` works on this backend.
+    pub fn supports_packing(&self) -> bool {
+        self.backend.supports_packing()
+    }
+
+    /// Several records in one context: `tokens` is their concatenation and `starts` the first
+    /// row of each (0 first, ascending). Every record's rows come out as if it had been run
+    /// alone (the conv and scan state restart at each boundary in both walk directions;
+    /// norms and projections are per row). Needs `supports_packing`.
+    pub fn run_packed(&mut self, tokens: &[u8], starts: &[usize]) -> Result<()> {
+        let len = tokens.len();
+        anyhow::ensure!(self.backend.supports_packing(), "{}: cannot pack records into one context", self.backend.name());
+        anyhow::ensure!(len > 0, "empty context");
+        anyhow::ensure!(starts.first() == Some(&0), "packed records must start at row 0");
+        anyhow::ensure!(
+            starts.windows(2).all(|w| w[0] < w[1]) && starts.last().is_some_and(|&s| s < len),
+            "packed record starts must ascend within the context (no empty records)"
+        );
+        self.backend.set_records(Some(starts), len)?;
+        let result = self.forward(tokens);
+        let cleared = self.backend.set_records(None, 0);
+        result.and(cleared)
+    }
+
+    /// Column sums (f64) of row ranges of the last run's output, `width` = hidden width each.
+    pub fn sum_rows(&self, ranges: &[(usize, usize)], out: &mut [f64]) -> Result<()> {
+        let (_, n) = self.streams.as_ref().ok_or_else(|| anyhow::anyhow!("no context has been run"))?;
+        anyhow::ensure!(ranges.iter().all(|&(a, b)| a <= b && b <= self.len), "sum past the end of the context");
+        self.backend.sum_rows(n, self.cfg.hidden_width(), ranges, out)
+    }
+
+    fn forward(&mut self, tokens: &[u8]) -> Result<()> {
         let len = tokens.len();
         anyhow::ensure!(len > 0, "empty context");
         self.ensure_streams(len)?;
