@@ -47,6 +47,17 @@ pub fn a_blocks(a: &[f32], di: usize, n: usize) -> Vec<f32> {
     out
 }
 
+/// Input row at position `src` relative to the chunk start: from `xz` through `rows`, or, before
+/// the chunk, from the carried `state` (K-1 rows, oldest first).
+#[inline(always)]
+fn conv_input<'a>(xz: &'a [f32], xz_stride: usize, rows: Rows, state: &'a [f32], hist: usize, di: usize, src: isize) -> &'a [f32] {
+    if src >= 0 {
+        &xz[rows.get(src as usize) * xz_stride..][..di]
+    } else {
+        &state[(hist as isize + src) as usize * di..][..di]
+    }
+}
+
 /// `xc[t, c] = SiLU(b[c] + Σ_k w[c, k] · x[t-(K-1)+k, c])` with `x` the first `di` columns of
 /// `xz` (row stride `xz_stride`) and rows before the chunk taken from `state` (the previous
 /// chunk's last K-1 inputs, oldest first; zeros at the sequence start). Updates `state`.
@@ -62,11 +73,7 @@ pub fn conv_silu(isa: Isa, xz: &[f32], xz_stride: usize, rows: Rows, xc: &mut [f
             for tap in 0..k {
                 // source position relative to the chunk start
                 let src = j as isize - hist as isize + tap as isize;
-                let row: &[f32] = if src >= 0 {
-                    &xz[rows.get(src as usize) * xz_stride..][..di]
-                } else {
-                    &state_ro[(hist as isize + src) as usize * di..][..di]
-                };
+                let row = conv_input(xz, xz_stride, rows, state_ro, hist, di, src);
                 let w = &w_t[tap * di..][..di];
                 for ((o, x), w) in out.iter_mut().zip(row).zip(w) {
                     *o += w * x;
@@ -81,12 +88,7 @@ pub fn conv_silu(isa: Isa, xz: &[f32], xz_stride: usize, rows: Rows, xc: &mut [f
     let mut next = vec![0.0; hist * di];
     for h in 0..hist {
         let src = t as isize - hist as isize + h as isize;
-        let row: &[f32] = if src >= 0 {
-            &xz[rows.get(src as usize) * xz_stride..][..di]
-        } else {
-            &state[(hist as isize + src) as usize * di..][..di]
-        };
-        next[h * di..(h + 1) * di].copy_from_slice(row);
+        next[h * di..(h + 1) * di].copy_from_slice(conv_input(xz, xz_stride, rows, state, hist, di, src));
     }
     state.copy_from_slice(&next);
 }
