@@ -1,10 +1,12 @@
 //! Command-line interface: flags shared by every command, model and backend selection,
 //! and the record loop; one module per command.
 
+mod classify;
 mod embed;
 mod faidx;
 mod info;
 mod score;
+mod train;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,6 +39,10 @@ pub enum Command {
     ScoreVariants(score::ScoreArgs),
     /// Index a FASTA file (.fai), as `samtools faidx` does.
     Faidx(faidx::FaidxArgs),
+    /// Label reads (CSV) or every base (BED, bedGraph) with task heads; shipped heads by default.
+    Classify(classify::ClassifyArgs),
+    /// Fit a task head on frozen backbone features, score it on held-out data, and write it.
+    Train(train::TrainArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -77,6 +83,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info(a) => Some(&a.common),
         Command::ScoreVariants(a) => Some(&a.common),
         Command::Faidx(_) => None,
+        Command::Classify(a) => Some(&a.common),
+        Command::Train(a) => Some(&a.common),
     };
     if let Some(n) = common.and_then(|c| c.threads) {
         if n == 0 {
@@ -89,6 +97,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info(a) => info::run(a),
         Command::ScoreVariants(a) => score::run(a),
         Command::Faidx(a) => faidx::run(a),
+        Command::Classify(a) => classify::run(a),
+        Command::Train(a) => train::run(a),
     }
 }
 

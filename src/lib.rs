@@ -4,6 +4,7 @@ pub mod backend;
 pub mod cli;
 pub mod embed;
 pub mod error;
+pub mod heads;
 pub mod io;
 pub mod model;
 pub mod progress;

@@ -1,0 +1,305 @@
+//! `dna-mamba classify`: run task heads on FASTA/FASTQ. Read-level heads give one CSV row per
+//! record (`id,length,label,p_<label>...`); a position-level head gives runs of its most
+//! probable label as BED6 or one label's probability per base as bedGraph, streamed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, ValueEnum};
+
+use super::{for_each_record, load_model, on_backend, Common, OnBackend, Totals, DEFAULT_CONTEXT};
+use crate::backend::Backend;
+use crate::embed::{Embedder, Feature};
+use crate::heads::bed::{Bed, BedGraph, PositionWriter};
+use crate::heads::features::{BackboneFeatures, Featurizer, KmerFeatures};
+use crate::heads::metrics::argmax;
+use crate::heads::{self, Head, Level, Scratch, Source};
+use crate::io::output::Output;
+use crate::model::Model;
+use crate::progress::Progress;
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutFormat {
+    /// One row per record: id,length,label,p_<label>... (read-level heads).
+    Csv,
+    /// Runs of the most probable label per base as BED6 (a position-level head).
+    Bed,
+    /// One label's probability per base as bedGraph (a position-level head).
+    Bedgraph,
+}
+
+/// Shipped heads used when no --head is given.
+pub const DEFAULT_READ_HEAD: &str = "origin";
+pub const DEFAULT_POSITION_HEAD: &str = "coding";
+
+#[derive(Args, Debug)]
+pub struct ClassifyArgs {
+    /// FASTA/FASTQ files, plain or compressed; `-` is stdin.
+    #[arg(default_value = "-")]
+    pub inputs: Vec<String>,
+    #[command(flatten)]
+    pub common: Common,
+    /// A head file, or the name of a built-in head (`origin`, `coding`; see models/heads/), or
+    /// of a head in the folder $DNA_MAMBA_HEADS (NAME.safetensors; it replaces the built-in
+    /// ones). Repeat for several read-level heads. [default: `origin` for CSV, `coding` for
+    /// BED/bedGraph]
+    #[arg(long = "head", value_name = "H")]
+    pub heads: Vec<String>,
+    /// Output file (`-` = stdout); `.gz` compresses. Written only on success.
+    #[arg(short = 'o', long = "out", value_name = "PATH")]
+    pub out: Option<PathBuf>,
+    /// Output format [default: csv for read-level heads, bed for a position-level head].
+    #[arg(long, value_enum)]
+    pub format: Option<OutFormat>,
+    /// bedgraph: the label whose probability is written [default: the first label that is not
+    /// the head's background]. bed: write only the runs of this label.
+    #[arg(long, value_name = "LABEL")]
+    pub label: Option<String>,
+    /// Bases per model context; longer records are tiled [default: the model's
+    /// model_max_length, else 131072].
+    #[arg(long)]
+    pub context: Option<usize>,
+    /// Overlap between tiles of a long record [default: context / 4].
+    #[arg(long)]
+    pub overlap: Option<usize>,
+    #[arg(long, default_value_t = crate::backend::cpu::DEFAULT_CHUNK, hide = true)]
+    pub chunk: usize,
+}
+
+pub fn run(a: ClassifyArgs) -> Result<()> {
+    let names: Vec<String> = if a.heads.is_empty() {
+        let name = match a.format {
+            Some(OutFormat::Bed | OutFormat::Bedgraph) => DEFAULT_POSITION_HEAD,
+            _ => DEFAULT_READ_HEAD,
+        };
+        vec![name.to_string()]
+    } else {
+        a.heads.clone()
+    };
+    let mut heads = Vec::new();
+    for n in &names {
+        heads.push(match heads::find(n) {
+            Ok(h) => h,
+            Err(e) if a.heads.is_empty() => bail!("no --head given and the default head is missing: {e:#}"),
+            Err(e) => return Err(e),
+        });
+    }
+    let level = heads[0].meta.level;
+    if let Some(h) = heads.iter().find(|h| h.meta.level != level) {
+        bail!("heads '{}' and '{}' work at different levels (read / position): run them separately", heads[0].meta.task, h.meta.task);
+    }
+    let format = a.format.unwrap_or(if level == Level::Read { OutFormat::Csv } else { OutFormat::Bed });
+    match (level, format) {
+        (Level::Read, OutFormat::Bed | OutFormat::Bedgraph) => {
+            bail!("head '{}' gives one label per read: use --format csv (bed/bedgraph are for position-level heads)", heads[0].meta.task)
+        }
+        (Level::Position, OutFormat::Csv) => bail!("head '{}' gives a label per base: use --format bed or bedgraph", heads[0].meta.task),
+        (Level::Position, _) if heads.len() > 1 => bail!("one position-level head per run (got {})", heads.len()),
+        (Level::Read, _) if a.label.is_some() => bail!("--label is for bed/bedgraph output"),
+        _ => {}
+    }
+    if let Some(h) = heads.iter().find(|h| h.meta.features != heads[0].meta.features) {
+        bail!(
+            "heads '{}' and '{}' read different features ({} vs {}): run them separately",
+            heads[0].meta.task,
+            h.meta.task,
+            feature_text(&heads[0]),
+            feature_text(h)
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(h) = heads.iter().find(|h| !seen.insert(h.meta.task.clone())) {
+        bail!("two heads have the task name '{}': their columns would clash", h.meta.task);
+    }
+    // a missing input should fail before anything is written
+    for input in &a.inputs {
+        if input != "-" {
+            std::fs::metadata(input).with_context(|| input.clone())?;
+        }
+    }
+    let plan = Plan { a: &a, heads: &heads, format };
+    let f = &heads[0].meta.features;
+    match f.source {
+        Source::Kmer => {
+            let mut km = KmerFeatures::new(&f.k, f.pooling)?;
+            plan.classify(&mut km)
+        }
+        Source::Backbone => {
+            let model = load_model(&a.common)?;
+            let fp = heads::fingerprint(&model);
+            for h in &heads {
+                h.check_backbone(Some((&model, &fp)))?;
+            }
+            struct Job<'a>(Plan<'a>, Arc<Model>);
+            impl OnBackend for Job<'_> {
+                fn run<B: Backend>(self, backend: B) -> Result<()> {
+                    let Job(plan, model) = self;
+                    let a = plan.a;
+                    let context = a.context.or(model.config.model_max_length).unwrap_or(DEFAULT_CONTEXT);
+                    let overlap = a.overlap.unwrap_or(context / 4);
+                    if overlap >= context {
+                        bail!("--overlap ({overlap}) must be smaller than --context ({context})");
+                    }
+                    let f = &plan.heads[0].meta.features;
+                    let emb = Embedder::new(backend, model.clone(), heads::parse_strand(&f.strand)?, Feature::Hidden, context, overlap)?;
+                    let mut bf = BackboneFeatures::new(emb, f.pooling);
+                    if bf.dim() != f.dim {
+                        bail!("internal: the model gives {} features, the head reads {}", bf.dim(), f.dim);
+                    }
+                    plan.classify(&mut bf)
+                }
+            }
+            on_backend(&a.common, &model, a.chunk, Job(plan, model.clone()))
+        }
+    }
+}
+
+fn feature_text(h: &Head) -> String {
+    let f = &h.meta.features;
+    match f.source {
+        Source::Backbone => format!("backbone, strand {}, pool {}", f.strand, f.pooling),
+        Source::Kmer => format!("k-mers {:?}, pool {}", f.k, f.pooling),
+    }
+}
+
+struct Plan<'a> {
+    a: &'a ClassifyArgs,
+    heads: &'a [Head],
+    format: OutFormat,
+}
+
+impl Plan<'_> {
+    fn classify(&self, feats: &mut dyn Featurizer) -> Result<()> {
+        let a = self.a;
+        let mut progress = Progress::new(a.common.quiet);
+        let started = Instant::now();
+        let mut totals = Totals::default();
+        let mut tokens = Vec::new();
+        let out = Output::open(a.out.as_deref())?;
+        let out = match self.format {
+            OutFormat::Csv => self.read_level(out, feats, &mut progress, &mut totals, &mut tokens)?,
+            _ => self.position_level(out, feats, &mut progress, &mut totals, &mut tokens)?,
+        };
+        if totals.records == 0 && !a.common.quiet {
+            progress.warn("warning: the input has no records; wrote a header only");
+        }
+        out.finish()?;
+        progress.finish();
+        if !a.common.quiet {
+            if totals.unknown > 0 {
+                eprintln!("warning: {} bases were not A/C/G/T/N and were read as [UNK]", totals.unknown);
+            }
+            let secs = started.elapsed().as_secs_f64();
+            let skipped = if totals.skipped > 0 { format!(" ({} skipped as unreadable)", totals.skipped) } else { String::new() };
+            let tasks: Vec<&str> = self.heads.iter().map(|h| h.meta.task.as_str()).collect();
+            eprintln!(
+                "dna-mamba: classified {} records{skipped}, {} bases with {} in {:.2} s ({:.0} bases/s) on {}",
+                totals.records,
+                totals.bases,
+                tasks.join(", "),
+                secs,
+                totals.bases as f64 / secs.max(1e-9),
+                feats.describe()
+            );
+        }
+        Ok(())
+    }
+
+    fn read_level(&self, out: Output, feats: &mut dyn Featurizer, progress: &mut Progress, totals: &mut Totals, tokens: &mut Vec<u8>) -> Result<Output> {
+        let heads = self.heads;
+        let mut w = csv::WriterBuilder::new().flexible(false).from_writer(out);
+        let mut header = vec!["id".to_string(), "length".to_string()];
+        let prefix = |h: &Head| if heads.len() > 1 { format!("{}.", h.meta.task) } else { String::new() };
+        for h in heads {
+            let p = prefix(h);
+            header.push(format!("{p}label"));
+            header.extend(h.meta.labels.iter().map(|l| format!("{p}p_{l}")));
+        }
+        w.write_record(&header)?;
+        let mut x = Vec::new();
+        let mut scratch = Scratch::default();
+        let mut probs = Vec::new();
+        let mut num = ryu::Buffer::new();
+        for_each_record(&self.a.inputs, self.a.common.skip_bad, totals, tokens, &mut |id, toks| {
+            feats.read(toks, &mut x, &mut |n| progress.bases(n))?;
+            w.write_field(id)?;
+            w.write_field(toks.len().to_string())?;
+            for h in heads {
+                probs.resize(h.n_labels(), 0.0);
+                h.predict(&x, &mut scratch, &mut probs);
+                w.write_field(&h.meta.labels[argmax(&probs)])?;
+                for p in &probs {
+                    w.write_field(num.format(*p))?;
+                }
+            }
+            w.write_record(None::<&[u8]>)?;
+            progress.record_done(toks.len());
+            Ok(())
+        })?;
+        w.into_inner().map_err(|e| anyhow::Error::new(e.into_error()))
+    }
+
+    fn position_level(&self, out: Output, feats: &mut dyn Featurizer, progress: &mut Progress, totals: &mut Totals, tokens: &mut Vec<u8>) -> Result<Output> {
+        let head = &self.heads[0];
+        let labels = &head.meta.labels;
+        let chosen = match &self.a.label {
+            Some(l) => Some(labels.iter().position(|x| x == l).ok_or_else(|| {
+                anyhow!("--label {l}: head '{}' has labels {}", head.meta.task, labels.join(", "))
+            })?),
+            None => None,
+        };
+        let mut writer = match self.format {
+            OutFormat::Bed => {
+                let keep = (0..labels.len()).map(|i| chosen.is_none_or(|c| c == i)).collect();
+                Writer::Bed(Bed::new(out, labels, keep))
+            }
+            _ => {
+                let label = match chosen {
+                    Some(c) => c,
+                    None => labels.iter().position(|l| Some(l) != head.meta.background.as_ref()).unwrap_or(0),
+                };
+                Writer::Graph(BedGraph::new(out, label, &format!("{} p({})", head.meta.task, labels[label]))?)
+            }
+        };
+        let mut scratch = Scratch::default();
+        let mut probs = vec![0.0; labels.len()];
+        let w = writer.get_mut();
+        for_each_record(&self.a.inputs, self.a.common.skip_bad, totals, tokens, &mut |id, toks| {
+            w.start(id)?;
+            feats.positions(
+                toks,
+                &mut |p, x| {
+                    head.predict(x, &mut scratch, &mut probs);
+                    w.push(p, &probs)
+                },
+                &mut |n| progress.bases(n),
+            )?;
+            w.end()?;
+            progress.record_done(toks.len());
+            Ok(())
+        })?;
+        Ok(writer.into_output())
+    }
+}
+
+enum Writer {
+    Bed(Bed<Output>),
+    Graph(BedGraph<Output>),
+}
+
+impl Writer {
+    fn get_mut(&mut self) -> &mut dyn PositionWriter {
+        match self {
+            Writer::Bed(b) => b,
+            Writer::Graph(g) => g,
+        }
+    }
+    fn into_output(self) -> Output {
+        match self {
+            Writer::Bed(b) => b.out,
+            Writer::Graph(g) => g.out,
+        }
+    }
+}

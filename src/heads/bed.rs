@@ -1,0 +1,173 @@
+//! Per-base head output, streamed: runs of the most probable label as BED6, or one label's
+//! probability as bedGraph. Positions arrive in ascending order within a record; only the
+//! current run is held.
+//!
+//! BED6: `chrom start end name score strand`, 0-based half-open, name = label, score =
+//! round(1000 × the label's mean probability over the run), strand `.`.
+//! bedGraph: `chrom start end value` with the probability rounded to 3 decimals; neighbouring
+//! bases with the same rounded value are merged into one line.
+
+use std::io::Write;
+
+use anyhow::Result;
+
+use super::metrics::argmax;
+
+pub trait PositionWriter {
+    /// A new record (its id is the chromosome name).
+    fn start(&mut self, chrom: &str) -> Result<()>;
+    /// The probabilities of the next base.
+    fn push(&mut self, pos: usize, probs: &[f32]) -> Result<()>;
+    /// The record is complete.
+    fn end(&mut self) -> Result<()>;
+}
+
+struct Run {
+    start: usize,
+    end: usize,
+    label: usize,
+    sum: f64,
+}
+
+pub struct Bed<W: Write> {
+    pub out: W,
+    labels: Vec<String>,
+    /// Which labels get lines (all unless restricted).
+    keep: Vec<bool>,
+    chrom: String,
+    run: Option<Run>,
+    pub lines: usize,
+}
+
+impl<W: Write> Bed<W> {
+    pub fn new(out: W, labels: &[String], keep: Vec<bool>) -> Self {
+        Bed { out, labels: labels.to_vec(), keep, chrom: String::new(), run: None, lines: 0 }
+    }
+
+    fn close(&mut self) -> Result<()> {
+        if let Some(r) = self.run.take().filter(|r| self.keep[r.label]) {
+            let score = (1000.0 * r.sum / (r.end - r.start) as f64).round() as u32;
+            writeln!(self.out, "{}\t{}\t{}\t{}\t{}\t.", self.chrom, r.start, r.end, self.labels[r.label], score.min(1000))?;
+            self.lines += 1;
+        }
+        Ok(())
+    }
+}
+
+impl<W: Write> PositionWriter for Bed<W> {
+    fn start(&mut self, chrom: &str) -> Result<()> {
+        self.chrom.clear();
+        self.chrom.push_str(chrom);
+        Ok(())
+    }
+    fn push(&mut self, pos: usize, probs: &[f32]) -> Result<()> {
+        let label = argmax(probs);
+        match &mut self.run {
+            Some(r) if r.label == label && r.end == pos => {
+                r.end = pos + 1;
+                r.sum += probs[label] as f64;
+            }
+            _ => {
+                self.close()?;
+                self.run = Some(Run { start: pos, end: pos + 1, label, sum: probs[label] as f64 });
+            }
+        }
+        Ok(())
+    }
+    fn end(&mut self) -> Result<()> {
+        self.close()
+    }
+}
+
+pub struct BedGraph<W: Write> {
+    pub out: W,
+    label: usize,
+    chrom: String,
+    /// (start, end, value in thousandths)
+    run: Option<(usize, usize, u32)>,
+    pub lines: usize,
+}
+
+impl<W: Write> BedGraph<W> {
+    /// Writes the track line at once (so an empty input still gives a header).
+    pub fn new(mut out: W, label: usize, track_name: &str) -> Result<Self> {
+        writeln!(out, "track type=bedGraph name=\"{}\"", track_name.replace('"', "'"))?;
+        Ok(BedGraph { out, label, chrom: String::new(), run: None, lines: 0 })
+    }
+
+    fn close(&mut self) -> Result<()> {
+        if let Some((s, e, v)) = self.run.take() {
+            writeln!(self.out, "{}\t{s}\t{e}\t{}.{:03}", self.chrom, v / 1000, v % 1000)?;
+            self.lines += 1;
+        }
+        Ok(())
+    }
+}
+
+impl<W: Write> PositionWriter for BedGraph<W> {
+    fn start(&mut self, chrom: &str) -> Result<()> {
+        self.chrom.clear();
+        self.chrom.push_str(chrom);
+        Ok(())
+    }
+    fn push(&mut self, pos: usize, probs: &[f32]) -> Result<()> {
+        let v = (probs[self.label].clamp(0.0, 1.0) * 1000.0).round() as u32;
+        match &mut self.run {
+            Some((_, e, rv)) if *rv == v && *e == pos => *e = pos + 1,
+            _ => {
+                self.close()?;
+                self.run = Some((pos, pos + 1, v));
+            }
+        }
+        Ok(())
+    }
+    fn end(&mut self) -> Result<()> {
+        self.close()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels() -> Vec<String> {
+        vec!["coding".into(), "other".into()]
+    }
+
+    fn feed(w: &mut dyn PositionWriter, chrom: &str, p_coding: &[f32]) {
+        w.start(chrom).unwrap();
+        for (i, p) in p_coding.iter().enumerate() {
+            w.push(i, &[*p, 1.0 - p]).unwrap();
+        }
+        w.end().unwrap();
+    }
+
+    #[test]
+    fn bed_runs_by_hand() {
+        let mut b = Bed::new(Vec::new(), &labels(), vec![true, true]);
+        feed(&mut b, "chr1", &[0.9, 0.8, 0.3, 0.2, 0.1, 0.6]);
+        feed(&mut b, "chr2", &[0.7]);
+        let text = String::from_utf8(b.out).unwrap();
+        // coding 0-2 mean .85 -> 850; other 2-5 mean(.7,.8,.9) = .8 -> 800; coding 5-6 .6 -> 600
+        assert_eq!(text, "chr1\t0\t2\tcoding\t850\t.\nchr1\t2\t5\tother\t800\t.\nchr1\t5\t6\tcoding\t600\t.\nchr2\t0\t1\tcoding\t700\t.\n");
+    }
+
+    #[test]
+    fn bed_keeps_chosen_labels_only() {
+        let mut b = Bed::new(Vec::new(), &labels(), vec![true, false]);
+        feed(&mut b, "x", &[0.9, 0.1, 0.9, 0.9]);
+        assert_eq!(String::from_utf8(b.out).unwrap(), "x\t0\t1\tcoding\t900\t.\nx\t2\t4\tcoding\t900\t.\n");
+    }
+
+    #[test]
+    fn bedgraph_merges_equal_values() {
+        let mut g = BedGraph::new(Vec::new(), 0, "t p(coding)").unwrap();
+        feed(&mut g, "c", &[0.1234, 0.1236, 0.5, 1.0]);
+        let text = String::from_utf8(g.out).unwrap();
+        // .1234 -> 0.123, .1236 -> 0.124
+        assert_eq!(text, "track type=bedGraph name=\"t p(coding)\"\nc\t0\t1\t0.123\nc\t1\t2\t0.124\nc\t2\t3\t0.500\nc\t3\t4\t1.000\n");
+        let mut g = BedGraph::new(Vec::new(), 0, "t").unwrap();
+        feed(&mut g, "c", &[0.25, 0.2501, 0.2502]);
+        assert_eq!(String::from_utf8(g.out).unwrap(), "track type=bedGraph name=\"t\"\nc\t0\t3\t0.250\n");
+    }
+}

@@ -1,0 +1,132 @@
+//! Feature vectors for heads, from the backbone (through the embedder, on whichever backend
+//! runs it) or from k-mer counts, behind one trait so `train` and `classify` share the loop.
+
+use anyhow::{bail, Result};
+
+use super::kmer::Kmers;
+use super::pool::{Centered, ReadPool};
+use super::{Features, Pooling, Source};
+use crate::backend::Backend;
+use crate::embed::Embedder;
+
+pub trait Featurizer {
+    /// Width of one feature vector.
+    fn dim(&self) -> usize;
+    /// Where the features are computed, for the summary line.
+    fn describe(&self) -> String;
+    /// Read level: one vector for the record.
+    fn read(&mut self, tokens: &[u8], out: &mut Vec<f32>, progress: &mut dyn FnMut(usize)) -> Result<()>;
+    /// Position level: every position's vector, in order.
+    fn positions(&mut self, tokens: &[u8], emit: &mut dyn FnMut(usize, &[f32]) -> Result<()>, progress: &mut dyn FnMut(usize)) -> Result<()>;
+    /// Position level: the vectors of the ascending positions `at`, appended to `out`.
+    fn positions_at(&mut self, tokens: &[u8], at: &[usize], out: &mut Vec<f32>, progress: &mut dyn FnMut(usize)) -> Result<()> {
+        let mut next = 0;
+        self.positions(
+            tokens,
+            &mut |p, f| {
+                if next < at.len() && at[next] == p {
+                    out.extend_from_slice(f);
+                    next += 1;
+                }
+                Ok(())
+            },
+            progress,
+        )
+    }
+}
+
+/// Backbone hidden states, pooled.
+pub struct BackboneFeatures<B: Backend> {
+    pub emb: Embedder<B>,
+    pub pooling: Pooling,
+    pub backend: String,
+}
+
+impl<B: Backend> BackboneFeatures<B> {
+    pub fn new(emb: Embedder<B>, pooling: Pooling) -> Self {
+        let backend = emb.engine().backend().name();
+        BackboneFeatures { emb, pooling, backend }
+    }
+}
+
+impl<B: Backend> Featurizer for BackboneFeatures<B> {
+    fn dim(&self) -> usize {
+        ReadPool::dim(self.pooling, self.emb.width())
+    }
+    fn describe(&self) -> String {
+        self.backend.clone()
+    }
+    fn read(&mut self, tokens: &[u8], out: &mut Vec<f32>, progress: &mut dyn FnMut(usize)) -> Result<()> {
+        let mut pool = ReadPool::new(self.pooling, tokens.len(), self.emb.width());
+        self.emb.record(tokens, &mut pool, progress)?;
+        pool.finish(out);
+        Ok(())
+    }
+    fn positions(&mut self, tokens: &[u8], emit: &mut dyn FnMut(usize, &[f32]) -> Result<()>, progress: &mut dyn FnMut(usize)) -> Result<()> {
+        let Pooling::Window(w) = self.pooling else { bail!("internal: pooling {} is not per position", self.pooling) };
+        let width = self.emb.width();
+        let mut sink = Centered::new(w, tokens.len(), width, emit);
+        self.emb.record(tokens, &mut sink, progress)?;
+        if !sink.done() {
+            bail!("internal: not every position was computed");
+        }
+        Ok(())
+    }
+}
+
+/// Canonical k-mer frequencies (no model).
+pub struct KmerFeatures {
+    pub kmers: Kmers,
+    pub pooling: Pooling,
+}
+
+impl KmerFeatures {
+    pub fn new(ks: &[usize], pooling: Pooling) -> Result<Self> {
+        if let Pooling::Bins(_) = pooling {
+            bail!("k-mer features are pooled over the whole record (--pool mean) or a window (--pool window:W)");
+        }
+        Ok(KmerFeatures { kmers: Kmers::new(ks)?, pooling })
+    }
+}
+
+impl Featurizer for KmerFeatures {
+    fn dim(&self) -> usize {
+        self.kmers.dim()
+    }
+    fn describe(&self) -> String {
+        format!("k-mer features (k = {:?}, no model)", self.kmers.ks)
+    }
+    fn read(&mut self, tokens: &[u8], out: &mut Vec<f32>, progress: &mut dyn FnMut(usize)) -> Result<()> {
+        out.resize(self.dim(), 0.0);
+        self.kmers.record(tokens, out);
+        progress(tokens.len());
+        Ok(())
+    }
+    fn positions(&mut self, tokens: &[u8], emit: &mut dyn FnMut(usize, &[f32]) -> Result<()>, progress: &mut dyn FnMut(usize)) -> Result<()> {
+        let Pooling::Window(w) = self.pooling else { bail!("internal: pooling {} is not per position", self.pooling) };
+        self.kmers.each_window(tokens, w, emit)?;
+        progress(tokens.len());
+        Ok(())
+    }
+    fn positions_at(&mut self, tokens: &[u8], at: &[usize], out: &mut Vec<f32>, progress: &mut dyn FnMut(usize)) -> Result<()> {
+        let Pooling::Window(w) = self.pooling else { bail!("internal: pooling {} is not per position", self.pooling) };
+        let mut row = vec![0.0; self.dim()];
+        for &p in at {
+            self.kmers.window(tokens, p, w, &mut row);
+            out.extend_from_slice(&row);
+        }
+        progress(tokens.len());
+        Ok(())
+    }
+}
+
+/// The `Features` document of a featurizer's output.
+pub fn describe_features(source: Source, strand: &str, pooling: Pooling, k: &[usize], dim: usize) -> Features {
+    Features {
+        source,
+        strand: if source == Source::Backbone { strand.to_string() } else { "both".to_string() },
+        pooling,
+        k: if source == Source::Kmer { k.to_vec() } else { Vec::new() },
+        dim,
+    }
+}
