@@ -39,6 +39,15 @@ if command -v bedtools >/dev/null; then
     $B embed data/lambda.fa.gz -m $M -q --window 5000 | tail -n +2 | awk -F, -v OFS='\t' '{ print "lambda", $2, $3 }' > "$W/win.bed"
     covered=$(bedtools merge -i "$W/win.bed" | awk '{ s += $3 - $2 } END { print s }')
     check "bedtools reads window coordinates; they cover lambda" '[ "$covered" -eq 48502 ]'
+    # classify's per-base BED6 (built-in model and coding head) is valid bedtools input,
+    # and its runs tile the sequence exactly once
+    gzip -dc data/lambda.fa.gz | awk 'NR == 1 { print ">lambda"; next } { printf "%s", $0 } END { print "" }' \
+        | cut -c1-6000 | head -n 2 > "$W/l6k.fa"
+    len=$(tail -n 1 "$W/l6k.fa" | tr -d '\n' | wc -c)
+    $B classify "$W/l6k.fa" --format bed --device cpu -q > "$W/coding.bed"
+    sorted=$(bedtools sort -i "$W/coding.bed" | bedtools merge -i - | awk '{ s += $3 - $2 } END { print s }')
+    total=$(awk '{ s += $3 - $2 } END { print s }' "$W/coding.bed")
+    check "bedtools reads classify BED; runs tile the sequence once" '[ "$sorted" -eq "$len" ] && [ "$total" -eq "$len" ]'
 else
     echo "skipping bedtools checks: bedtools not installed"
 fi
