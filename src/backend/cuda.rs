@@ -45,7 +45,7 @@ use module::{guarded, Kernels};
 
 /// Positions per chunk. The per-chunk intermediates take about (4.5·d_inner + dt_rank +
 /// 2·d_state)·4 B per row (~300 MB at 32768 rows for d_model 256); on an H100, 32768 ran
-/// ~9% faster than 16384 and ~20% faster than 8192, 65536 another ~7% (BENCHMARKS-cuda.md).
+/// ~9% faster than 16384 and ~20% faster than 8192, 65536 another ~7% (BENCHMARKS.md, GPU section).
 pub const DEFAULT_CHUNK: usize = 32768;
 /// Shortest scan segment: below this the sequential combine over segments starts to cost.
 const MIN_SEGMENT: usize = 32;
