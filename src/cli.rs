@@ -77,6 +77,30 @@ pub struct Common {
 
 pub const DEFAULT_CONTEXT: usize = 131_072;
 
+/// How records are cut into model contexts; shared by the commands that run the model.
+#[derive(Args, Debug, Clone)]
+pub struct Tiles {
+    /// Bases per model context; longer records are tiled [default: the model's
+    /// model_max_length, else 131072].
+    #[arg(long)]
+    pub context: Option<usize>,
+    /// Overlap between tiles of a long record [default: context / 4]; each position's output
+    /// comes from the tile where it is most central.
+    #[arg(long)]
+    pub overlap: Option<usize>,
+    /// Positions per chunk inside a context (memory for intermediates, not results).
+    #[arg(long, default_value_t = crate::backend::cpu::DEFAULT_CHUNK, hide = true)]
+    pub chunk: usize,
+}
+
+impl Tiles {
+    /// (context, overlap) for `model`, defaults applied.
+    pub fn resolve(&self, model: &Model) -> (usize, usize) {
+        let context = self.context.or(model.config.model_max_length).unwrap_or(DEFAULT_CONTEXT);
+        (context, self.overlap.unwrap_or(context / 4))
+    }
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     let common = match &cli.command {
         Command::Embed(a) => Some(&a.common),
@@ -117,6 +141,23 @@ pub(crate) struct Totals {
     pub bases: usize,
     pub unknown: usize,
     pub skipped: usize,
+}
+
+impl Totals {
+    /// The run's closing lines on stderr: how many bases were [UNK], then
+    /// `dna-mamba: <verb>N records (K skipped), B bases<what> in S s (R bases/s) on <on>`.
+    pub fn report(&self, verb: &str, what: &str, secs: f64, on: &str) {
+        if self.unknown > 0 {
+            eprintln!("warning: {} bases were not A/C/G/T/N and were read as [UNK]", self.unknown);
+        }
+        let skipped = if self.skipped > 0 { format!(" ({} skipped as unreadable)", self.skipped) } else { String::new() };
+        eprintln!(
+            "dna-mamba: {verb}{} records{skipped}, {} bases{what} in {secs:.2} s ({:.0} bases/s) on {on}",
+            self.records,
+            self.bases,
+            self.bases as f64 / secs.max(1e-9)
+        );
+    }
 }
 
 /// What `--device` asked for.

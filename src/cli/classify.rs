@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
 
-use super::{for_each_record, load_model, on_backend, Common, OnBackend, Totals, DEFAULT_CONTEXT};
+use super::{for_each_record, load_model, on_backend, Common, OnBackend, Totals, Tiles};
 use crate::backend::Backend;
 use crate::embed::{Embedder, Feature};
 use crate::heads::bed::{Bed, BedGraph, PositionWriter};
@@ -57,15 +57,8 @@ pub struct ClassifyArgs {
     /// the head's background]. bed: write only the runs of this label.
     #[arg(long, value_name = "LABEL")]
     pub label: Option<String>,
-    /// Bases per model context; longer records are tiled [default: the model's
-    /// model_max_length, else 131072].
-    #[arg(long)]
-    pub context: Option<usize>,
-    /// Overlap between tiles of a long record [default: context / 4].
-    #[arg(long)]
-    pub overlap: Option<usize>,
-    #[arg(long, default_value_t = crate::backend::cpu::DEFAULT_CHUNK, hide = true)]
-    pub chunk: usize,
+    #[command(flatten)]
+    pub tiles: Tiles,
 }
 
 pub fn run(a: ClassifyArgs) -> Result<()> {
@@ -137,8 +130,7 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
                 fn run<B: Backend>(self, backend: B) -> Result<()> {
                     let Job(plan, model) = self;
                     let a = plan.a;
-                    let context = a.context.or(model.config.model_max_length).unwrap_or(DEFAULT_CONTEXT);
-                    let overlap = a.overlap.unwrap_or(context / 4);
+                    let (context, overlap) = a.tiles.resolve(&model);
                     if overlap >= context {
                         bail!("--overlap ({overlap}) must be smaller than --context ({context})");
                     }
@@ -151,7 +143,7 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
                     plan.classify(&mut bf)
                 }
             }
-            on_backend(&a.common, &model, a.chunk, Job(plan, model.clone()))
+            on_backend(&a.common, &model, a.tiles.chunk, Job(plan, model.clone()))
         }
     }
 }
@@ -188,21 +180,9 @@ impl Plan<'_> {
         out.finish()?;
         progress.finish();
         if !a.common.quiet {
-            if totals.unknown > 0 {
-                eprintln!("warning: {} bases were not A/C/G/T/N and were read as [UNK]", totals.unknown);
-            }
-            let secs = started.elapsed().as_secs_f64();
-            let skipped = if totals.skipped > 0 { format!(" ({} skipped as unreadable)", totals.skipped) } else { String::new() };
             let tasks: Vec<&str> = self.heads.iter().map(|h| h.meta.task.as_str()).collect();
-            eprintln!(
-                "dna-mamba: classified {} records{skipped}, {} bases with {} in {:.2} s ({:.0} bases/s) on {}",
-                totals.records,
-                totals.bases,
-                tasks.join(", "),
-                secs,
-                totals.bases as f64 / secs.max(1e-9),
-                feats.describe()
-            );
+            let what = format!(" with {}", tasks.join(", "));
+            totals.report("classified ", &what, started.elapsed().as_secs_f64(), &feats.describe());
         }
         Ok(())
     }

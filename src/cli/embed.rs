@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
 
-use super::{for_each_record, for_each_region, load_model, resolve_regions, on_backend, Common, OnBackend, Totals, DEFAULT_CONTEXT};
+use super::{for_each_record, for_each_region, load_model, resolve_regions, on_backend, Common, OnBackend, Totals, Tiles};
 use crate::backend::Backend;
 use crate::embed::{Embedder, Feature, Strand};
 use crate::io::npy;
@@ -97,17 +97,8 @@ pub struct EmbedArgs {
     /// Output format for --pool none.
     #[arg(long, value_enum, default_value = "csv")]
     pub format: Format,
-    /// Bases per model context; longer records are tiled [default: the model's
-    /// model_max_length, else 131072].
-    #[arg(long)]
-    pub context: Option<usize>,
-    /// Overlap between tiles of a long record [default: context / 4]; each position's output
-    /// comes from the tile where it is most central.
-    #[arg(long)]
-    pub overlap: Option<usize>,
-    /// Positions per chunk inside a context (memory for intermediates, not results).
-    #[arg(long, default_value_t = crate::backend::cpu::DEFAULT_CHUNK, hide = true)]
-    pub chunk: usize,
+    #[command(flatten)]
+    pub tiles: Tiles,
     /// Only this region of an indexed FASTA (samtools syntax: chr, chr:beg-end, 1-based
     /// inclusive, commas allowed, open end `chr:beg-`); repeatable. Output coordinates are the
     /// genome's; ids are `chr:beg-end`.
@@ -140,7 +131,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
             embed_on(backend, self.1, self.0)
         }
     }
-    on_backend(&a.common, &model, a.chunk, Job(&a, model.clone()))
+    on_backend(&a.common, &model, a.tiles.chunk, Job(&a, model.clone()))
 }
 
 fn value_names(feature: Feature, width: usize) -> Vec<String> {
@@ -152,8 +143,7 @@ fn value_names(feature: Feature, width: usize) -> Vec<String> {
 }
 
 fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<()> {
-    let context = a.context.or(model.config.model_max_length).unwrap_or(DEFAULT_CONTEXT);
-    let overlap = a.overlap.unwrap_or(context / 4);
+    let (context, overlap) = a.tiles.resolve(&model);
     if overlap >= context {
         bail!("--overlap ({overlap}) must be smaller than --context ({context})");
     }
@@ -312,18 +302,7 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
     }
     progress.finish();
     if !a.common.quiet {
-        if totals.unknown > 0 {
-            eprintln!("warning: {} bases were not A/C/G/T/N and were read as [UNK]", totals.unknown);
-        }
-        let secs = started.elapsed().as_secs_f64();
-        let skipped = if totals.skipped > 0 { format!(" ({} skipped as unreadable)", totals.skipped) } else { String::new() };
-        eprintln!(
-            "dna-mamba: {} records{skipped}, {} bases in {:.2} s ({:.0} bases/s) on {name}",
-            totals.records,
-            totals.bases,
-            secs,
-            totals.bases as f64 / secs.max(1e-9)
-        );
+        totals.report("", "", started.elapsed().as_secs_f64(), &name);
     }
     Ok(())
 }

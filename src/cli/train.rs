@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use super::{for_each_record, load_model, on_backend, Common, OnBackend, Totals, DEFAULT_CONTEXT};
+use super::{for_each_record, load_model, on_backend, Common, OnBackend, Totals, Tiles};
 use crate::backend::Backend;
 use crate::embed::{Embedder, Feature, Strand};
 use crate::heads::features::{describe_features, BackboneFeatures, Featurizer, KmerFeatures};
@@ -135,15 +135,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "FILE", conflicts_with_all = ["labels", "bed", "gff", "test", "save_features"])]
     pub load_features: Option<PathBuf>,
 
-    /// Bases per model context; longer records are tiled [default: the model's
-    /// model_max_length, else 131072].
-    #[arg(long)]
-    pub context: Option<usize>,
-    /// Overlap between tiles of a long record [default: context / 4].
-    #[arg(long)]
-    pub overlap: Option<usize>,
-    #[arg(long, default_value_t = crate::backend::cpu::DEFAULT_CHUNK, hide = true)]
-    pub chunk: usize,
+    #[command(flatten)]
+    pub tiles: Tiles,
 }
 
 /// One labelled record (read level).
@@ -367,8 +360,7 @@ fn compute(a: &TrainArgs, pooling: Pooling) -> Result<Prepared> {
             impl OnBackend for Job<'_> {
                 fn run<B: Backend>(self, backend: B) -> Result<()> {
                     let a = self.a;
-                    let context = a.context.or(self.model.config.model_max_length).unwrap_or(DEFAULT_CONTEXT);
-                    let overlap = a.overlap.unwrap_or(context / 4);
+                    let (context, overlap) = a.tiles.resolve(&self.model);
                     if overlap >= context {
                         bail!("--overlap ({overlap}) must be smaller than --context ({context})");
                     }
@@ -380,7 +372,7 @@ fn compute(a: &TrainArgs, pooling: Pooling) -> Result<Prepared> {
                 }
             }
             let mut out = None;
-            on_backend(&a.common, &model, a.chunk, Job { a, data: &data, model: model.clone(), pooling, out: &mut out })?;
+            on_backend(&a.common, &model, a.tiles.chunk, Job { a, data: &data, model: model.clone(), pooling, out: &mut out })?;
             let (tr, te, dim, context, backend) = out.ok_or_else(|| anyhow!("internal: no features"))?;
             let bb = heads::Backbone {
                 fingerprint: heads::fingerprint(&model),
