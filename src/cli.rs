@@ -186,6 +186,25 @@ pub(crate) trait OnBackend {
     fn run<B: Backend>(self, backend: B) -> Result<()>;
 }
 
+/// GPUs named by `--device cuda:all` or `cuda:0,2` (several devices), else None.
+pub(crate) fn device_list(common: &Common) -> Result<Option<Vec<usize>>> {
+    let Some(list) = common.device.strip_prefix("cuda:") else { return Ok(None) };
+    if list == "all" {
+        #[cfg(feature = "cuda")]
+        return Ok(Some((0..crate::backend::cuda::available().context("--device cuda:all")?).collect()));
+        #[cfg(not(feature = "cuda"))]
+        bail!("--device cuda:all: this binary was built without the `cuda` feature");
+    }
+    if !list.contains(',') {
+        return Ok(None);
+    }
+    let ids: Vec<usize> = list
+        .split(',')
+        .map(|n| n.trim().parse().map_err(|_| anyhow!("--device {}: expected cuda:N,M,...", common.device)))
+        .collect::<Result<_>>()?;
+    Ok(Some(ids))
+}
+
 /// Resolve `--device` (and `--precision`) and run `job` on that backend.
 pub(crate) fn on_backend(common: &Common, model: &Arc<Model>, chunk: usize, job: impl OnBackend) -> Result<()> {
     let device = parse_device(&common.device)?;

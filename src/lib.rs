@@ -7,6 +7,7 @@ pub mod error;
 pub mod heads;
 pub mod io;
 pub mod model;
+pub mod parallel;
 pub mod progress;
 pub mod sinks;
 pub mod tiling;

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
 
-use super::{for_each_record, for_each_region, load_model, resolve_regions, on_backend, Common, OnBackend, Totals, Tiles};
+use super::{device_list, for_each_record, for_each_region, load_model, resolve_regions, on_backend, Common, OnBackend, Totals, Tiles};
 use crate::backend::Backend;
 use crate::embed::{Embedder, Feature, Strand};
 use crate::io::npy;
@@ -99,6 +99,10 @@ pub struct EmbedArgs {
     pub format: Format,
     #[command(flatten)]
     pub tiles: Tiles,
+    /// Records embedded side by side by this many workers, each with its own backend (pooled
+    /// `--pool mean` CSV output); `--device cuda:all` or `cuda:0,2` runs one worker per GPU.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
     /// Only this region of an indexed FASTA (samtools syntax: chr, chr:beg-end, 1-based
     /// inclusive, commas allowed, open end `chr:beg-`); repeatable. Output coordinates are the
     /// genome's; ids are `chr:beg-end`.
@@ -125,6 +129,10 @@ fn each_input(a: &EmbedArgs, totals: &mut Totals, tokens: &mut Vec<u8>, f: &mut 
 
 pub fn run(a: EmbedArgs) -> Result<()> {
     let model = load_model(&a.common)?;
+    let gpus = device_list(&a.common)?;
+    if gpus.as_ref().is_some_and(|g| g.len() > 1) || a.workers > 1 {
+        return run_workers(&a, model, gpus);
+    }
     struct Job<'a>(&'a EmbedArgs, Arc<Model>);
     impl OnBackend for Job<'_> {
         fn run<B: Backend>(self, backend: B) -> Result<()> {
@@ -307,3 +315,68 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
     Ok(())
 }
 
+
+/// Pooled output from several workers: one per GPU of `gpus`, or `--workers` on the CPU.
+fn run_workers(a: &EmbedArgs, model: Arc<Model>, gpus: Option<Vec<usize>>) -> Result<()> {
+    if a.pool != Pool::Mean || a.window.is_some() || a.format != Format::Csv || a.output != Feature::Hidden {
+        bail!("several workers or GPUs produce pooled output only (--pool mean, CSV, no --window) for now");
+    }
+    let (context, overlap) = a.tiles.resolve(&model);
+    if overlap >= context {
+        bail!("--overlap ({overlap}) must be smaller than --context ({context})");
+    }
+    match gpus {
+        #[cfg(feature = "cuda")]
+        Some(gpus) => {
+            use crate::backend::cuda::{self, Cuda};
+            let (precision, chunk) = (a.common.precision, cuda::DEFAULT_CHUNK);
+            let make = |w: usize| -> Result<Cuda> {
+                Cuda::with_options(model.clone(), gpus[w], chunk, precision).with_context(|| format!("--device cuda:{}", gpus[w]))
+            };
+            workers_on(&make, gpus.len(), &format!("{} GPUs ({})", gpus.len(), a.common.device), &model, a, context, overlap)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Some(_) => bail!("--device {}: this binary was built without the `cuda` feature", a.common.device),
+        None => {
+            if a.common.device.starts_with("cuda") {
+                bail!("--workers with --device {}: name several GPUs (cuda:0,1 or cuda:all) instead", a.common.device);
+            }
+            let chunk = a.tiles.chunk;
+            let make = |_: usize| -> Result<crate::backend::cpu::Cpu> { Ok(crate::backend::cpu::Cpu::with_chunk(model.clone(), chunk)) };
+            workers_on(&make, a.workers, &format!("cpu, {} workers", a.workers), &model, a, context, overlap)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn workers_on<B: Backend>(make: &(dyn Fn(usize) -> Result<B> + Sync), n: usize, name: &str, model: &Arc<Model>, a: &EmbedArgs, context: usize, overlap: usize) -> Result<()> {
+    let width = if a.strand == Strand::Fwd { model.config.hidden_width() } else { model.config.d_model };
+    let mut csv = Csv::new(Output::open(a.out.as_deref())?);
+    csv.header(&["id", "length"], &value_names(Feature::Hidden, width))?;
+    let mut progress = Progress::new(a.common.quiet);
+    let started = Instant::now();
+    let mut totals = Totals::default();
+    let mut tokens = Vec::new();
+    crate::parallel::pooled_means(
+        make,
+        n,
+        model,
+        a.strand,
+        context,
+        overlap,
+        &mut |send| each_input(a, &mut totals, &mut tokens, &mut |id, toks, _| send(id, toks)),
+        &mut |id, len, row| {
+            progress.record_done(len);
+            csv.row(id, &[len], row.iter().copied())
+        },
+    )?;
+    if totals.records == 0 && !a.common.quiet {
+        progress.warn("warning: the input has no records; wrote a header only");
+    }
+    csv.into_inner()?.finish()?;
+    progress.finish();
+    if !a.common.quiet {
+        totals.report("", "", started.elapsed().as_secs_f64(), name);
+    }
+    Ok(())
+}
