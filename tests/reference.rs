@@ -23,6 +23,7 @@ fn check_one(model_name: &str, key: &str, strand: Strand, feature: Feature, chun
             let got = run(&model, &seq, strand, feature, chunk, share, 1 << 20, 0, linear);
             assert_eq!(got.len(), shape.iter().product::<usize>(), "{model_name} {key}.{id} shape {shape:?}");
             let err = rel_err(&got, &want);
+            eprintln!("{model_name} {key}.{id} chunk {chunk} share {share}: {err:.1e}");
             assert!(err <= TOL, "{model_name} {key}.{id} chunk {chunk} share {share}: relative error {err:.3e}");
         }
     }
