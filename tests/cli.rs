@@ -32,13 +32,7 @@ fn ok(args: &[&str]) -> String {
 
 /// Asserts a clean failure: non-zero exit, one `error:` line, no panic.
 fn fails(args: &[&str], needle: &str) {
-    let o = run(args);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{args:?} should fail");
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-    let lines: Vec<_> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "{args:?}: expected one error line, got {err}");
-    assert!(lines[0].contains(needle), "{args:?}: {:?} does not mention {needle:?}", lines[0]);
+    assert_clean_failure(&run(args), &format!("{args:?}"), needle);
 }
 
 /// rows of a CSV: (first field, numbers after `skip` fields)

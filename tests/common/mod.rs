@@ -80,6 +80,16 @@ pub fn run(model: &Arc<Model>, seq: &[u8], strand: Strand, feature: Feature, chu
     sink.rows
 }
 
+/// A clean failure of the binary: non-zero exit, exactly one `error:` line naming `needle`, no panic.
+pub fn assert_clean_failure(o: &std::process::Output, what: &str, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{what} should fail");
+    assert!(!err.contains("panicked"), "{what} panicked: {err}");
+    let lines: Vec<_> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "{what}: expected one error line, got {err}");
+    assert!(lines[0].contains(needle), "{what}: {:?} does not mention {needle:?}", lines[0]);
+}
+
 /// ||a - b|| / ||b||
 pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
