@@ -300,33 +300,33 @@ pub(crate) fn for_each_record(
     f: &mut dyn FnMut(&str, &[u8]) -> Result<()>,
 ) -> Result<()> {
     for input in inputs {
+        // with --skip-bad an unreadable record is named and counted, else it ends the run
+        let mut skip = |e: anyhow::Error, note: &str| -> Result<()> {
+            if !skip_bad {
+                return Err(e);
+            }
+            eprintln!("skipped: {e:#}{note}");
+            totals.skipped += 1;
+            Ok(())
+        };
         let mut reader = match Reader::open(input) {
             Ok(r) => r,
-            Err(e) if skip_bad => {
-                eprintln!("skipped: {e:#}");
-                totals.skipped += 1;
+            Err(e) => {
+                skip(e, "")?;
                 continue;
             }
-            Err(e) => return Err(e),
         };
         while let Some(rec) = reader.next_record() {
             let rec = match rec {
                 Ok(r) => r,
-                Err(e) if skip_bad => {
-                    eprintln!("skipped: {e:#} (rest of the file unreadable)");
-                    totals.skipped += 1;
+                Err(e) => {
+                    skip(e, " (rest of the file unreadable)")?;
                     break;
                 }
-                Err(e) => return Err(e),
             };
             if rec.seq.is_empty() {
-                let msg = format!("{}: record '{}' (line {}): empty sequence", reader.name(), rec.id, rec.line);
-                if skip_bad {
-                    eprintln!("skipped: {msg}");
-                    totals.skipped += 1;
-                    continue;
-                }
-                bail!(msg);
+                skip(anyhow!("{}: record '{}' (line {}): empty sequence", reader.name(), rec.id, rec.line), "")?;
+                continue;
             }
             totals.unknown += tokenizer::encode_into(&rec.seq, tokens);
             f(&rec.id, tokens).with_context(|| format!("{}: record '{}'", reader.name(), rec.id))?;

@@ -54,7 +54,7 @@ fn tiling_equals_one_pass_when_the_context_covers_the_record() {
 /// models have scan decay times of up to ~1000 positions, so the difference is spread over
 /// the whole kept part rather than concentrated at its ends.)
 #[test]
-fn tiling_differs_only_away_from_tile_centres() {
+fn tiling_difference_is_measured_and_shrinks_with_wider_tiles() {
     let len = 3000;
     let seq = random_dna(len, 11);
     for m in ["ph", "ps"] {
