@@ -138,7 +138,7 @@ impl<B: Backend> Embedder<B> {
         }
     }
 
-    /// Whether `pooled_packed` works: the backend packs records into one context and the
+    /// Whether `pooled_packed` packs: the backend packs records into one context and the
     /// output is hidden states (pooling sums of them is linear).
     pub fn can_pack(&self) -> bool {
         self.engine.supports_packing() && self.feature == Feature::Hidden
@@ -146,49 +146,116 @@ impl<B: Backend> Embedder<B> {
 
     /// For records that each fit one context: the sum over each record's positions of its
     /// feature rows, strands weighted as in `record` (what a `Mean` sink accumulates), with
-    /// records packed into contexts of about `pack_bases` bases (one launch sequence each;
-    /// no padding: the conv and scan state restart at every record boundary) and the sums
-    /// taken on the device. Needs `can_pack`.
+    /// records packed into contexts of about `pack_bases` bases where the backend packs and
+    /// the sums taken on the device. Needs `Feature::Hidden`.
     pub fn pooled_packed(&mut self, records: &[&[u8]], pack_bases: usize) -> Result<Vec<Vec<f64>>> {
-        if !self.can_pack() {
-            bail!("{}: records cannot be packed here", self.engine.backend().name());
-        }
-        if let Some(r) = records.iter().find(|r| r.is_empty() || r.len() > self.context) {
-            bail!("a packed record must have 1 to {} bases (--context), not {}", self.context, r.len());
+        let ranges: Vec<(usize, usize)> = records.iter().map(|r| (0, r.len())).collect();
+        self.range_sums(records, &ranges, pack_bases)
+    }
+
+    /// For records that each fit one context: the sum over positions `ranges[i]` (forward
+    /// coordinates) of record `i`'s hidden-state feature rows, strands weighted as in
+    /// `record`. Needs `Feature::Hidden`.
+    pub fn range_sums(&mut self, records: &[&[u8]], ranges: &[(usize, usize)], pack_bases: usize) -> Result<Vec<Vec<f64>>> {
+        if self.feature != Feature::Hidden {
+            bail!("range sums are of hidden states, not logits");
         }
         let cfg = &self.model.config;
-        let (d, hw, width) = (cfg.d_model, cfg.hidden_width(), self.width());
-        let passes = self.passes();
+        let (d, width, strand) = (cfg.d_model, self.width(), self.strand);
+        let rcps = cfg.rcps;
         let mut out = vec![vec![0.0f64; width]; records.len()];
+        self.pass_sums(records, ranges, pack_bases, |i, pass, h| {
+            // the hidden-state feature rows are linear in the hidden row
+            let w = pass.weight as f64;
+            let o = &mut out[i];
+            match (rcps, strand) {
+                (true, Strand::Rc) => o.iter_mut().enumerate().for_each(|(c, o)| *o += w * h[2 * d - 1 - c]),
+                (true, Strand::Both) => o.iter_mut().enumerate().for_each(|(c, o)| *o += w * 0.5 * (h[c] + h[2 * d - 1 - c])),
+                _ => o.iter_mut().zip(h).for_each(|(o, v)| *o += w * v),
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// For records that each fit one context: the feature row (as `record` computes it, strands
+    /// combined) at position `at[i]` of record `i`, records packed as in `range_sums`.
+    pub fn rows_at(&mut self, records: &[&[u8]], at: &[usize], pack_bases: usize) -> Result<Vec<Vec<f32>>> {
+        let width = self.width();
+        let ranges: Vec<(usize, usize)> = at.iter().map(|&p| (p, p + 1)).collect();
+        let mut hidden: Vec<Vec<(Pass, Vec<f32>)>> = vec![Vec::new(); records.len()];
+        self.pass_sums(records, &ranges, pack_bases, |i, pass, h| {
+            // a sum over one row is that row; f32 -> f64 -> f32 is exact
+            hidden[i].push((pass, h.iter().map(|&v| v as f32).collect()));
+        })?;
+        let mut row = vec![0.0; width];
+        Ok(hidden
+            .iter()
+            .map(|passes| {
+                let mut o = vec![0.0f32; width];
+                for (pass, h) in passes {
+                    self.feature_row(h, pass.rc, &mut row);
+                    o.iter_mut().zip(&row).for_each(|(o, r)| *o += pass.weight * r);
+                }
+                o
+            })
+            .collect())
+    }
+
+    /// Runs every strand pass of `records` (each fitting one context) and hands `each` the
+    /// f64 column sums of the final hidden rows over `ranges[i]`, taken in the pass's own
+    /// coordinates (mirrored for the reverse complement). Where the backend packs, records go
+    /// several to a context of about `pack_bases` bases (no padding: the conv and scan state
+    /// restart at every record boundary) and the sums are taken on the device; elsewhere one
+    /// record per run.
+    fn pass_sums(
+        &mut self,
+        records: &[&[u8]],
+        ranges: &[(usize, usize)],
+        pack_bases: usize,
+        mut each: impl FnMut(usize, Pass, &[f64]),
+    ) -> Result<()> {
+        if records.len() != ranges.len() {
+            bail!("{} records but {} ranges", records.len(), ranges.len());
+        }
+        if let Some(r) = records.iter().find(|r| r.is_empty() || r.len() > self.context) {
+            bail!("a batched record must have 1 to {} bases (--context), not {}", self.context, r.len());
+        }
+        if let Some((i, _)) = ranges.iter().enumerate().find(|(i, (a, b))| a >= b || *b > records[*i].len()) {
+            bail!("range {:?} is empty or past the end of a {}-base record", ranges[i], records[i].len());
+        }
+        let hw = self.model.config.hidden_width();
+        let pack = self.engine.supports_packing();
+        let passes = self.passes();
         let mut first = 0;
+        let mut tokens = Vec::new();
+        let mut sums = Vec::new();
         while first < records.len() {
             // greedy: as many records as fit pack_bases (at least one)
             let mut end = first + 1;
             let mut bases = records[first].len();
-            while end < records.len() && bases + records[end].len() <= pack_bases {
+            while pack && end < records.len() && bases + records[end].len() <= pack_bases {
                 bases += records[end].len();
                 end += 1;
             }
             let group = &records[first..end];
             let mut starts = Vec::with_capacity(group.len());
-            let mut ranges = Vec::with_capacity(group.len());
             let mut row = 0;
             for r in group {
                 starts.push(row);
-                ranges.push((row, row + r.len()));
                 row += r.len();
             }
-            let mut tokens = Vec::with_capacity(bases);
-            let mut sums = vec![0.0f64; group.len() * hw];
-            for pass in &passes {
+            sums.resize(group.len() * hw, 0.0);
+            for &pass in &passes {
                 tokens.clear();
-                for r in group {
+                let mut at = Vec::with_capacity(group.len());
+                for ((r, &s), &(a, b)) in group.iter().zip(&starts).zip(&ranges[first..end]) {
                     if pass.rc {
-                        // each record's reverse complement in its own slot: the pooled sum
-                        // does not depend on the order of its rows
+                        // each record's reverse complement in its own slot
                         tokens.extend(tokenizer::reverse_complement(r, &self.model.weights.complement));
+                        at.push((s + r.len() - b, s + r.len() - a));
                     } else {
                         tokens.extend_from_slice(r);
+                        at.push((s + a, s + b));
                     }
                 }
                 if group.len() == 1 {
@@ -196,22 +263,14 @@ impl<B: Backend> Embedder<B> {
                 } else {
                     self.engine.run_packed(&tokens, &starts)?;
                 }
-                self.engine.sum_rows(&ranges, &mut sums)?;
-                for (o, h) in out[first..end].iter_mut().zip(sums.chunks(hw)) {
-                    // the hidden-state feature rows are linear in the hidden row
-                    let w = pass.weight as f64;
-                    match (cfg.rcps, self.strand) {
-                        (true, Strand::Rc) => o.iter_mut().enumerate().for_each(|(c, o)| *o += w * h[2 * d - 1 - c]),
-                        (true, Strand::Both) => {
-                            o.iter_mut().enumerate().for_each(|(c, o)| *o += w * 0.5 * (h[c] + h[2 * d - 1 - c]))
-                        }
-                        _ => o.iter_mut().zip(h).for_each(|(o, v)| *o += w * v),
-                    }
+                self.engine.sum_rows(&at, &mut sums)?;
+                for (k, h) in sums.chunks(hw).enumerate() {
+                    each(first + k, pass, h);
                 }
             }
             first = end;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Run one tokenized record through every tile and pass into `sink`.

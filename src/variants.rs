@@ -47,37 +47,17 @@ impl Sink for Rows {
     }
 }
 
-/// Mean of rows over positions `lo..hi`.
-struct RangeMean {
-    lo: usize,
-    hi: usize,
-    sum: Vec<f64>,
-}
-
-impl Sink for RangeMean {
-    fn linear(&self) -> bool {
-        true
-    }
-    fn add(&mut self, pos: usize, row: &[f32], weight: f32) -> Result<()> {
-        if (self.lo..self.hi).contains(&pos) {
-            for (s, v) in self.sum.iter_mut().zip(row) {
-                *s += (weight * v) as f64;
-            }
-        }
-        Ok(())
-    }
-}
-
 pub struct Scorer<B: Backend> {
     emb: Embedder<B>,
     pub score_context: usize,
     pub embed_window: usize,
-    hidden_width: usize,
+    /// Bases per packed context for the per-variant windows (backends that pack).
+    pub pack_bases: usize,
 }
 
 impl<B: Backend> Scorer<B> {
-    pub fn new(emb: Embedder<B>, score_context: usize, embed_window: usize, hidden_width: usize) -> Self {
-        Scorer { emb, score_context, embed_window, hidden_width }
+    pub fn new(emb: Embedder<B>, score_context: usize, embed_window: usize) -> Self {
+        Scorer { emb, score_context, embed_window, pack_bases: 131_072 }
     }
 
     /// Strand-averaged A,C,G,T log-probabilities of every position of `tokens` (one context).
@@ -96,42 +76,90 @@ impl<B: Backend> Scorer<B> {
         (pos.saturating_sub(h), (pos + h + 1).min(len))
     }
 
-    /// Masked LLR for each alt at `center` of `window` (tokens of the reference window).
-    pub fn masked_llr(&mut self, window: &[u8], center: usize, ref_col: usize, alt_cols: &[usize]) -> Result<Vec<f32>> {
-        let mut t = window.to_vec();
-        t[center] = MASK;
-        let lp = self.log_probs(&t)?;
-        let row = &lp[center * 4..][..4];
-        Ok(alt_cols.iter().map(|&a| row[a] - row[ref_col]).collect())
+    /// Masked LLR for each alt of each window: the reference window with its centre replaced
+    /// by [MASK], all windows of the batch run together (packed where the backend packs).
+    pub fn masked_llr(&mut self, windows: &[Window]) -> Result<Vec<Vec<f32>>> {
+        let masked: Vec<Vec<u8>> = windows
+            .iter()
+            .map(|w| {
+                let mut t = w.tokens.clone();
+                t[w.center] = MASK;
+                t
+            })
+            .collect();
+        self.emb.set_output(Strand::Both, Feature::Logits)?;
+        self.fit_context(windows);
+        let refs: Vec<&[u8]> = masked.iter().map(|t| t.as_slice()).collect();
+        let centers: Vec<usize> = windows.iter().map(|w| w.center).collect();
+        let rows = self.emb.rows_at(&refs, &centers, self.pack_bases)?;
+        Ok(windows.iter().zip(rows).map(|(w, row)| w.alt_cols.iter().map(|&a| row[a] - row[w.ref_col]).collect()).collect())
     }
 
-    fn mean_hidden(&mut self, tokens: &[u8], center: usize) -> Result<Vec<f64>> {
-        self.emb.set_output(Strand::Both, Feature::Hidden)?;
-        self.emb.context = tokens.len().max(crate::tiling::MIN_CONTEXT);
+    /// (cosine similarity, L2 distance) between the mean strand-averaged hidden state of the
+    /// reference window and of each alternate window, over the `embed_window` bases centred
+    /// on the variant; all windows of the batch run together.
+    pub fn embedding_distance(&mut self, windows: &[Window]) -> Result<Vec<Vec<(f32, f32)>>> {
+        let mut seqs: Vec<Vec<u8>> = Vec::new();
+        let mut ranges = Vec::new();
         let h = self.embed_window / 2;
-        let (lo, hi) = (center.saturating_sub(h), (center + h + 1).min(tokens.len()));
-        let mut m = RangeMean { lo, hi, sum: vec![0.0; self.hidden_width] };
-        self.emb.record(tokens, &mut m, &mut |_| {})?;
-        let n = (hi - lo) as f64;
-        Ok(m.sum.iter().map(|s| s / n).collect())
+        for w in windows {
+            let range = (w.center.saturating_sub(h), (w.center + h + 1).min(w.tokens.len()));
+            seqs.push(w.tokens.clone());
+            ranges.push(range);
+            for &a in &w.alt_cols {
+                let mut t = w.tokens.clone();
+                t[w.center] = ACGT[a];
+                seqs.push(t);
+                ranges.push(range);
+            }
+        }
+        self.emb.set_output(Strand::Both, Feature::Hidden)?;
+        self.fit_context(windows);
+        let refs: Vec<&[u8]> = seqs.iter().map(|t| t.as_slice()).collect();
+        let sums = self.emb.range_sums(&refs, &ranges, self.pack_bases)?;
+        let mut sums = sums.into_iter();
+        Ok(windows
+            .iter()
+            .map(|w| {
+                // the ranges of a variant's windows are equal: compare sums, not means
+                let r = sums.next().expect("one sum per window");
+                w.alt_cols
+                    .iter()
+                    .map(|_| {
+                        let a = sums.next().expect("one sum per window");
+                        let n = ranges_len(w, h) as f64;
+                        let dot: f64 = r.iter().zip(&a).map(|(x, y)| x * y).sum();
+                        let nr = r.iter().map(|x| x * x).sum::<f64>().sqrt();
+                        let na = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+                        let l2 = r.iter().zip(&a).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt() / n;
+                        ((dot / (nr * na).max(1e-30)) as f32, l2 as f32)
+                    })
+                    .collect()
+            })
+            .collect())
     }
 
-    /// (cosine similarity, L2 distance) between the reference and each alternate window.
-    pub fn embedding_distance(&mut self, window: &[u8], center: usize, alt_bases: &[u8]) -> Result<Vec<(f32, f32)>> {
-        let r = self.mean_hidden(window, center)?;
-        let mut out = Vec::new();
-        for &b in alt_bases {
-            let mut t = window.to_vec();
-            t[center] = ACGT[base_index(b).expect("checked SNV")];
-            let a = self.mean_hidden(&t, center)?;
-            let dot: f64 = r.iter().zip(&a).map(|(x, y)| x * y).sum();
-            let nr = r.iter().map(|x| x * x).sum::<f64>().sqrt();
-            let na = a.iter().map(|x| x * x).sum::<f64>().sqrt();
-            let l2 = r.iter().zip(&a).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
-            out.push(((dot / (nr * na).max(1e-30)) as f32, l2 as f32));
-        }
-        Ok(out)
+    fn fit_context(&mut self, windows: &[Window]) {
+        let longest = windows.iter().map(|w| w.tokens.len()).max().unwrap_or(0);
+        self.emb.context = longest.max(crate::tiling::MIN_CONTEXT);
     }
+}
+
+/// Bases averaged for the embedding distance of window `w` (half-width `h`).
+fn ranges_len(w: &Window, h: usize) -> usize {
+    (w.center + h + 1).min(w.tokens.len()) - w.center.saturating_sub(h)
+}
+
+/// The reference window around one SNV, for the per-variant scores.
+#[derive(Clone, Debug)]
+pub struct Window {
+    /// reference tokens of the window
+    pub tokens: Vec<u8>,
+    /// the variant's index in `tokens`
+    pub center: usize,
+    /// A,C,G,T column of the reference base and of each alternate base
+    pub ref_col: usize,
+    pub alt_cols: Vec<usize>,
 }
 
 /// Tokenize reference bases for scoring.

@@ -119,3 +119,66 @@ fn a_change_the_model_is_sure_about_scores_strongly_negative() {
         assert!(llr < -3.0 && mllr < -3.0, "{row}");
     }
 }
+
+/// The batched per-variant scores (`Scorer::masked_llr`, `Scorer::embedding_distance`, which
+/// run all windows of a batch through `Embedder::rows_at` / `range_sums`) against each window
+/// computed alone through `Embedder::record` (the path checked against the numpy reference):
+/// windows of different lengths, centres at the edges, several alternates.
+#[test]
+fn batched_window_scores_match_each_window_alone() {
+    use dna_mamba::backend::cpu::Cpu;
+    use dna_mamba::embed::{Embedder, Feature, Strand};
+    use dna_mamba::variants::{Scorer, Window, MASK};
+
+    for m in ["ph", "ps"] {
+        let model = load(m);
+        let d = model.config.d_model;
+        let windows: Vec<Window> = [(101usize, 50usize, 0usize, vec![1usize, 2, 3]), (51, 0, 2, vec![0]), (77, 76, 3, vec![1, 0]), (1, 0, 1, vec![2])]
+            .into_iter()
+            .enumerate()
+            .map(|(i, (len, center, ref_col, alt_cols))| {
+                let mut tokens = dna_mamba::variants::tokens(&random_dna(len, 40 + i as u64));
+                tokens[center] = dna_mamba::tokenizer::ACGT[ref_col];
+                Window { tokens, center, ref_col, alt_cols }
+            })
+            .collect();
+        let emb = Embedder::new(Cpu::new(model.clone()), model.clone(), Strand::Both, Feature::Logits, 4096, 0).unwrap();
+        let (score_context, embed_window) = (101, 31);
+        let mut scorer = Scorer::new(emb, score_context, embed_window);
+        let mllr = scorer.masked_llr(&windows).unwrap();
+        let dist = scorer.embedding_distance(&windows).unwrap();
+
+        for (k, w) in windows.iter().enumerate() {
+            // masked: log-probs of the whole masked window, one record
+            let mut t = w.tokens.clone();
+            t[w.center] = MASK;
+            let lp = scorer.log_probs(&t).unwrap();
+            for (j, &a) in w.alt_cols.iter().enumerate() {
+                let want = lp[w.center * 4 + a] - lp[w.center * 4 + w.ref_col];
+                assert!((mllr[k][j] - want).abs() <= 1e-5 * (1.0 + want.abs()), "{m} window {k} alt {j}: {} vs {want}", mllr[k][j]);
+            }
+            // embeddings: strand-averaged hidden rows of each sequence, mean over the window
+            let h = embed_window / 2;
+            let (lo, hi) = (w.center.saturating_sub(h), (w.center + h + 1).min(w.tokens.len()));
+            let mean = |tokens: &[u8]| -> Vec<f64> {
+                let mut e = Embedder::new(Cpu::new(model.clone()), model.clone(), Strand::Both, Feature::Hidden, 4096, 0).unwrap();
+                let mut c = Collect::new(tokens.len(), d, true);
+                e.record(tokens, &mut c, &mut |_| {}).unwrap();
+                (0..d).map(|j| (lo..hi).map(|p| c.rows[p * d + j] as f64).sum::<f64>() / (hi - lo) as f64).collect()
+            };
+            let r = mean(&w.tokens);
+            for (j, &a) in w.alt_cols.iter().enumerate() {
+                let mut t = w.tokens.clone();
+                t[w.center] = dna_mamba::tokenizer::ACGT[a];
+                let x = mean(&t);
+                let dot: f64 = r.iter().zip(&x).map(|(p, q)| p * q).sum();
+                let norm = |v: &[f64]| v.iter().map(|p| p * p).sum::<f64>().sqrt();
+                let cos = dot / (norm(&r) * norm(&x));
+                let l2 = r.iter().zip(&x).map(|(p, q)| (p - q).powi(2)).sum::<f64>().sqrt();
+                let (gc, gl) = dist[k][j];
+                assert!((gc as f64 - cos).abs() <= 1e-5, "{m} window {k} alt {j}: cos {gc} vs {cos}");
+                assert!((gl as f64 - l2).abs() <= 1e-4 * (1.0 + l2), "{m} window {k} alt {j}: l2 {gl} vs {l2}");
+            }
+        }
+    }
+}
