@@ -7,18 +7,21 @@
 #   prep                   make the VCFs (chr20 random SNVs; hisat2 example -> VCF)
 #   llr_sparse llr_dense   --scores llr on 2,000 SNVs over 2 Mb / over 200 kb of chr20
 #   mllr emb               --scores mllr / emb on 200 SNVs over 2 Mb of chr20
+#   mllr2k emb2k all2k     --scores mllr / emb / llr,mllr,emb on the 2,000 SNVs over 2 Mb
 #   hisat2_llr             --scores llr on the hisat2 SNVs + matched random substitutions
 #   hisat2_mllr            --scores mllr on 200 random positions of those (real + random)
 #   compare                real vs random statistics of the two hisat2 runs
-# Environment: DEVICE (default cpu), THREADS (default: all cores).
+# Environment: DEVICE (default cpu), PRECISION (default f32), THREADS (default: all cores),
+# CHR20 (default .data/chr20.fa.gz), D (VCFs and outputs, default .data/variants).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${DNA_MAMBA:-target/release/dna-mamba}
 DEVICE=${DEVICE:-cpu}
-D=.data/variants
+PRECISION=${PRECISION:-f32}
+D=${D:-.data/variants}
 H=.data/hisat2
 P="python3 scripts/variants-prep.py"
-CHR20=.data/chr20.fa.gz
+CHR20=${CHR20:-.data/chr20.fa.gz}
 CHR20_LEN=63025520
 HISAT2_VERSION=2.2.1-4+b2
 mkdir -p $D $H
@@ -49,7 +52,7 @@ run() {
     n=$(grep -vc '^#' "$vcf")
     [ "$scores" = llr ] && tiles=", reference tiles of 8,192: $($P tiles "$len" 8192 "$vcf")"
     echo "## $name: $n records$tiles"
-    local cmd=("$B" score-variants --device "$DEVICE" ${THREADS:+--threads $THREADS} --vcf "$vcf" --fasta "$fasta" --scores "$scores" --format tsv -o "$D/$name.tsv")
+    local cmd=("$B" score-variants --device "$DEVICE" --precision "$PRECISION" ${THREADS:+--threads $THREADS} --vcf "$vcf" --fasta "$fasta" --scores "$scores" --format tsv -o "$D/$name.tsv")
     echo "dna-mamba ${cmd[*]:1}"
     /usr/bin/time -f "wall %e s, peak RSS %M KB, CPU %P" "${cmd[@]}" 2>&1 | grep -E "dna-mamba:|wall|skipped|[Ee]rror" | tail -n 5
     echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -62,6 +65,9 @@ for b in ${@:-prep llr_sparse llr_dense mllr emb hisat2_llr hisat2_mllr compare}
         llr_dense) run $b $D/chr20_dense.vcf $CHR20 $CHR20_LEN llr ;;
         mllr) run $b $D/chr20_200.vcf $CHR20 $CHR20_LEN mllr ;;
         emb) run $b $D/chr20_200.vcf $CHR20 $CHR20_LEN emb ;;
+        mllr2k) run $b $D/chr20_sparse.vcf $CHR20 $CHR20_LEN mllr ;;
+        emb2k) run $b $D/chr20_sparse.vcf $CHR20 $CHR20_LEN emb ;;
+        all2k) run $b $D/chr20_sparse.vcf $CHR20 $CHR20_LEN llr,mllr,emb ;;
         hisat2_llr) run $b $H/vcf/both.vcf $H/22_20-21M.fa 1000000 llr ;;
         hisat2_mllr) run $b $H/vcf/subset.vcf $H/22_20-21M.fa 1000000 mllr ;;
         compare)

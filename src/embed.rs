@@ -123,14 +123,9 @@ impl<B: Backend> Embedder<B> {
                 }
                 _ => out.copy_from_slice(hidden),
             },
-            Feature::Logits | Feature::RawLogits => {
-                let mut logits = vec![0.0; cfg.vocab_padded()];
-                lm_head::logits(&self.model, hidden, &mut logits);
-                if self.feature == Feature::RawLogits {
-                    out.copy_from_slice(&logits);
-                    return;
-                }
-                let lp = lm_head::acgt_log_probs(&logits);
+            Feature::RawLogits => lm_head::logits(&self.model, hidden, out),
+            Feature::Logits => {
+                let lp = lm_head::row_acgt_log_probs(&self.model, hidden);
                 // the reverse pass predicts the complementary base: A,C,G,T <- T,G,C,A
                 let lp = if rc { [lp[3], lp[2], lp[1], lp[0]] } else { lp };
                 out.copy_from_slice(&lp);

@@ -538,3 +538,43 @@ fn profile_one_layer() {
     e.run(&random_tokens(131_072, 9)).unwrap();
     e.backend().synchronize().unwrap();
 }
+
+#[test]
+fn batched_variant_windows_match_cpu() {
+    if !gpu("batched_variant_windows_match_cpu") {
+        return;
+    }
+    // Scorer::masked_llr / embedding_distance with the windows packed into GPU contexts
+    // (several limits) against the same batch on the CPU (one window per run there).
+    use dna_mamba::variants::{Scorer, Window};
+    for (kind, seed) in [(Kind::Ph, 81), (Kind::Ps, 82)] {
+        let model = random_model(kind, 24, 2, true, seed);
+        let windows: Vec<Window> = (0..40)
+            .map(|i| {
+                let len = [513usize, 257, 1, 100][i % 4];
+                let tokens: Vec<u8> = random_tokens(len, seed * 100 + i as u64).iter().map(|t| 7 + t % 4).collect();
+                let center = [256usize, 0, 0, 99][i % 4];
+                let ref_col = (tokens[center] - 7) as usize;
+                Window { tokens, center, ref_col, alt_cols: vec![(ref_col + 1) % 4, (ref_col + 2 + i % 2) % 4] }
+            })
+            .collect();
+        let cpu_emb = Embedder::new(Cpu::new(model.clone()), model.clone(), Strand::Both, Feature::Logits, 4096, 0).unwrap();
+        let mut cpu = Scorer::new(cpu_emb, 513, 128);
+        let (want_m, want_e) = (cpu.masked_llr(&windows).unwrap(), cpu.embedding_distance(&windows).unwrap());
+        for pack in [1 << 20, 1500, 1] {
+            let backend = Cuda::with_options(model.clone(), 0, cuda::DEFAULT_CHUNK, Precision::F32).unwrap();
+            let emb = Embedder::new(backend, model.clone(), Strand::Both, Feature::Logits, 4096, 0).unwrap();
+            let mut gpu = Scorer::new(emb, 513, 128);
+            gpu.pack_bases = pack;
+            let (got_m, got_e) = (gpu.masked_llr(&windows).unwrap(), gpu.embedding_distance(&windows).unwrap());
+            for k in 0..windows.len() {
+                for j in 0..2 {
+                    let what = format!("{kind:?} pack {pack} window {k} alt {j}");
+                    assert!((got_m[k][j] - want_m[k][j]).abs() <= 1e-4 * (1.0 + want_m[k][j].abs()), "{what}: mllr {} vs {}", got_m[k][j], want_m[k][j]);
+                    let ((gc, gl), (wc, wl)) = (got_e[k][j], want_e[k][j]);
+                    assert!((gc - wc).abs() <= 1e-4 && (gl - wl).abs() <= 1e-3 * (1.0 + wl), "{what}: emb ({gc}, {gl}) vs ({wc}, {wl})");
+                }
+            }
+        }
+    }
+}
