@@ -32,6 +32,10 @@
 // record boundary in either walk direction.
 // bf16 mode: scan_output writes the gated output as bf16 to y_h (what out_proj reads)
 // instead of over x.
+// Shared projections (both directions of a bidirectional layer through one in_proj and one
+// out_proj): acc_mode 1 stores the first direction's gated output in y_acc (f32) and writes
+// nothing else; acc_mode 2 adds y_acc to the second direction's output and writes the sum
+// where acc_mode 0 would write (bf16 to y_h, else f32 to y_acc instead of over x).
 
 #ifndef D_STATE
 #define D_STATE 16
@@ -225,7 +229,8 @@ extern "C" __global__ void __launch_bounds__(128, 8) scan_output(float* __restri
                                        int t, int di, int nx, int rk, int seg_len, int rev,
                                        int delta_ready, int write_back,
                                        const int* __restrict__ rec, long long row0, long long len, int packed,
-                                       unsigned short* __restrict__ y_h, int half)
+                                       unsigned short* __restrict__ y_h, int half,
+                                       float* __restrict__ y_acc, int acc_mode)
 {
     extern __shared__ float4 smem4[];
     float* bcs = reinterpret_cast<float*>(smem4);
@@ -250,14 +255,17 @@ extern "C" __global__ void __launch_bounds__(128, 8) scan_output(float* __restri
     const float* dp = delta + r0 * di + c;
     float* xp = x + r0 * di + c;
     unsigned short* yp = y_h + (half ? r0 * di + c : 0);
+    float* ap = y_acc + (acc_mode ? r0 * di + c : 0);
     const float* zp = xz + r0 * 2 * (size_t)di + di + c;
     float d_next = *dp, x_next = *xp, z_next = *zp;
+    float a_next = acc_mode == 2 ? *ap : 0.0f;
     for (int jj = 0; jj < steps; ++jj) {
-        const float d_raw = d_next, xv = x_next, z = z_next;
+        const float d_raw = d_next, xv = x_next, z = z_next, prev = a_next;
         if (jj + 1 < steps) {
             d_next = dp[stride];
             x_next = xp[stride];
             z_next = zp[2 * stride];
+            if (acc_mode == 2) a_next = ap[stride];
         }
         if (packed && flags[jj]) {
 #pragma unroll
@@ -275,13 +283,17 @@ extern "C" __global__ void __launch_bounds__(128, 8) scan_output(float* __restri
             h[n] = exp2_ftz(dl * a[n]) * h[n] + dx * bm[n];
             if (n % 2 == 0) y0 += h[n] * cm[n]; else y1 += h[n] * cm[n];
         }
-        const float o = (y0 + y1 + dsk * xv) * silu(z);
-        if (half) {
-            *yp = to_bf16(o);
-            yp += stride;
+        float o = (y0 + y1 + dsk * xv) * silu(z);
+        if (acc_mode == 1) {
+            *ap = o;
         } else {
-            *xp = o;
+            o += prev;
+            if (half) *yp = to_bf16(o);
+            else if (acc_mode == 2) *ap = o;
+            else *xp = o;
         }
+        yp += half ? stride : 0;
+        ap += acc_mode ? stride : 0;
         dp += stride;
         xp += stride;
         zp += 2 * stride;

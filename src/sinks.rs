@@ -10,46 +10,99 @@ use crate::embed::Sink;
 
 /// CSV writer over any output, with shortest round-trip float text.
 pub struct Csv<W: Write> {
-    pub w: csv::Writer<W>,
+    out: W,
+    /// Formats rows (the csv crate's quoting) into a block of bytes that goes to `out`
+    /// whole; `rows` formats a batch the same way on several threads.
+    fmt: csv::Writer<Vec<u8>>,
     num: ryu::Buffer,
+}
+
+/// Bytes of formatted rows collected before they are written out.
+const BLOCK: usize = 1 << 16;
+
+fn formatter() -> csv::Writer<Vec<u8>> {
+    csv::WriterBuilder::new().flexible(false).from_writer(Vec::with_capacity(BLOCK))
+}
+
+/// One row of text fields, integer fields, then the values, into `w`.
+fn format_row(w: &mut csv::Writer<Vec<u8>>, num: &mut ryu::Buffer, id: &str, ints: &[usize], vals: impl IntoIterator<Item = f32>) -> Result<()> {
+    w.write_field(id)?;
+    let mut ib = itoa_buf();
+    for i in ints {
+        ib.clear();
+        use std::fmt::Write as _;
+        write!(ib, "{i}").unwrap();
+        w.write_field(&ib)?;
+    }
+    for v in vals {
+        let s = if v.is_finite() { num.format_finite(v) } else { "nan" };
+        w.write_field(s)?;
+    }
+    w.write_record(None::<&[u8]>)?;
+    Ok(())
+}
+
+/// The bytes a formatter holds, leaving it empty.
+fn take_bytes(w: &mut csv::Writer<Vec<u8>>) -> Result<Vec<u8>> {
+    std::mem::replace(w, formatter()).into_inner().map_err(|e| anyhow::Error::new(e.into_error()))
 }
 
 impl<W: Write> Csv<W> {
     pub fn new(inner: W) -> Self {
-        Csv { w: csv::WriterBuilder::new().flexible(false).from_writer(inner), num: ryu::Buffer::new() }
+        Csv { out: inner, fmt: formatter(), num: ryu::Buffer::new() }
     }
 
     pub fn header(&mut self, lead: &[&str], cols: &[String]) -> Result<()> {
         for f in lead {
-            self.w.write_field(f)?;
+            self.fmt.write_field(f)?;
         }
         for c in cols {
-            self.w.write_field(c)?;
+            self.fmt.write_field(c)?;
         }
-        self.w.write_record(None::<&[u8]>)?;
+        self.fmt.write_record(None::<&[u8]>)?;
         Ok(())
     }
 
     /// One row: leading text fields, integer fields, then the values.
     pub fn row(&mut self, id: &str, ints: &[usize], vals: impl IntoIterator<Item = f32>) -> Result<()> {
-        self.w.write_field(id)?;
-        let mut ib = itoa_buf();
-        for i in ints {
-            ib.clear();
-            use std::fmt::Write as _;
-            write!(ib, "{i}").unwrap();
-            self.w.write_field(&ib)?;
+        format_row(&mut self.fmt, &mut self.num, id, ints, vals)?;
+        if self.fmt.get_ref().len() >= BLOCK {
+            self.write_block()?;
         }
-        for v in vals {
-            let s = if v.is_finite() { self.num.format_finite(v) } else { "nan" };
-            self.w.write_field(s)?;
-        }
-        self.w.write_record(None::<&[u8]>)?;
         Ok(())
     }
 
-    pub fn into_inner(self) -> Result<W> {
-        self.w.into_inner().map_err(|e| anyhow::Error::new(e.into_error()))
+    /// Many rows (id, length, values), formatted on the rayon pool and written in order:
+    /// for batches of short reads, where formatting would otherwise hold up the device.
+    pub fn rows<'a>(&mut self, rows: &[(&'a str, usize, &'a [f32])]) -> Result<()> {
+        use rayon::prelude::*;
+        const PER_TASK: usize = 256;
+        let blocks: Vec<Vec<u8>> = rows
+            .par_chunks(PER_TASK)
+            .map(|chunk| -> Result<Vec<u8>> {
+                let (mut w, mut num) = (formatter(), ryu::Buffer::new());
+                for (id, len, vals) in chunk {
+                    format_row(&mut w, &mut num, id, &[*len], vals.iter().copied())?;
+                }
+                take_bytes(&mut w)
+            })
+            .collect::<Result<_>>()?;
+        self.write_block()?;
+        for b in blocks {
+            self.out.write_all(&b)?;
+        }
+        Ok(())
+    }
+
+    fn write_block(&mut self) -> Result<()> {
+        let bytes = take_bytes(&mut self.fmt)?;
+        self.out.write_all(&bytes)?;
+        Ok(())
+    }
+
+    pub fn into_inner(mut self) -> Result<W> {
+        self.write_block()?;
+        Ok(self.out)
     }
 }
 
@@ -170,5 +223,31 @@ impl<W: Write> Sink for RawRows<'_, W> {
     }
     fn add(&mut self, _pos: usize, row: &[f32], _weight: f32) -> Result<()> {
         Ok(self.out.write_all(bytemuck::cast_slice(row))?)
+    }
+}
+
+#[cfg(test)]
+mod csv_tests {
+    use super::Csv;
+
+    /// `rows` (formatted on several threads, in blocks) writes exactly what `row` does one
+    /// row at a time, in order, quoting included.
+    #[test]
+    fn batch_rows_equal_single_rows() {
+        let ids: Vec<String> = (0..1000).map(|i| if i % 7 == 0 { format!("read,{i} \"q\"") } else { format!("r{i}") }).collect();
+        let vals: Vec<Vec<f32>> = (0..1000).map(|i| (0..5).map(|j| (i * 5 + j) as f32 / 7.0 - 300.0).chain([f32::NAN]).collect()).collect();
+        let mut one = Csv::new(Vec::new());
+        one.header(&["id", "length"], &["a".into(), "b".into(), "c".into(), "d".into(), "e".into(), "f".into()]).unwrap();
+        for (k, (id, v)) in ids.iter().zip(&vals).enumerate() {
+            one.row(id, &[k], v.iter().copied()).unwrap();
+        }
+        let mut batch = Csv::new(Vec::new());
+        batch.header(&["id", "length"], &["a".into(), "b".into(), "c".into(), "d".into(), "e".into(), "f".into()]).unwrap();
+        let rows: Vec<(&str, usize, &[f32])> = ids.iter().zip(&vals).enumerate().map(|(k, (id, v))| (id.as_str(), k, v.as_slice())).collect();
+        batch.rows(&rows[..400]).unwrap();
+        batch.row(rows[400].0, &[400], rows[400].2.iter().copied()).unwrap();
+        batch.rows(&rows[401..]).unwrap();
+        let (a, b) = (one.into_inner().unwrap(), batch.into_inner().unwrap());
+        assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
     }
 }

@@ -161,17 +161,28 @@ fn gpu_engine(model: &Arc<Model>, chunk: usize, precision: Precision) -> Engine<
     Engine::new(Cuda::with_options(model.clone(), 0, chunk, precision).unwrap(), model.config.clone())
 }
 
+/// Shared in/out projections between the two directions of a bidirectional layer, or not
+/// (both paths must match the CPU; the default shares contexts that fit its buffer cap).
+const SHARES: [(bool, usize); 2] = [(true, usize::MAX), (false, 0)];
+
+fn gpu_engine_shared(model: &Arc<Model>, chunk: usize, precision: Precision, share_bytes: usize) -> Engine<Cuda> {
+    let backend = Cuda::with_options(model.clone(), 0, chunk, precision).unwrap().with_share_bytes(share_bytes);
+    Engine::new(backend, model.config.clone())
+}
+
 fn compare_with_cpu(model: &Arc<Model>, lens: &[usize], chunks: &[usize], seed: u64, what: &str) {
     let mut cpu = Engine::new(Cpu::new(model.clone()), model.config.clone());
     let mut worst = 0f64;
     for &chunk in chunks {
-        let mut gpu = Engine::new(Cuda::with_chunk(model.clone(), 0, chunk).unwrap(), model.config.clone());
-        for (i, &len) in lens.iter().enumerate() {
-            let tokens = random_tokens(len, seed + i as u64);
-            let want = hidden(&mut cpu, &tokens);
-            let got = hidden(&mut gpu, &tokens);
-            let e = assert_close(&got, &want, &format!("{what} len {len} chunk {chunk}"));
-            worst = worst.max(e);
+        for (share, bytes) in SHARES {
+            let mut gpu = gpu_engine_shared(model, chunk, Precision::F32, bytes);
+            for (i, &len) in lens.iter().enumerate() {
+                let tokens = random_tokens(len, seed + i as u64);
+                let want = hidden(&mut cpu, &tokens);
+                let got = hidden(&mut gpu, &tokens);
+                let e = assert_close(&got, &want, &format!("{what} len {len} chunk {chunk} shared {share}"));
+                worst = worst.max(e);
+            }
         }
     }
     println!("{what}: max relative error vs CPU {worst:.2e}");
@@ -275,15 +286,16 @@ fn bf16_matches_cpu() {
     ] {
         let model = random_model(kind, d, layers, tie, seed);
         let mut cpu = Engine::new(Cpu::new(model.clone()), model.config.clone());
-        for chunk in [cuda::DEFAULT_CHUNK, 1000] {
-            let mut gpu = gpu_engine(&model, chunk, Precision::Bf16);
+        for (chunk, (share, bytes)) in [cuda::DEFAULT_CHUNK, 1000].into_iter().flat_map(|c| SHARES.map(|s| (c, s))) {
+            let mut gpu = gpu_engine_shared(&model, chunk, Precision::Bf16, bytes);
             assert!(gpu.backend().name().contains("bf16"));
             for (i, len) in [1usize, 5, 151, 2500, 20_001].into_iter().enumerate() {
                 let tokens = random_tokens(len, seed * 10 + i as u64);
                 let want = hidden(&mut cpu, &tokens);
                 let got = hidden(&mut gpu, &tokens);
-                let e = assert_within(&got, &want, TOL_BF16, &format!("bf16 {kind:?} d{d} len {len} chunk {chunk}"));
-                println!("bf16 {kind:?} d{d} tie {tie} len {len} chunk {chunk}: relative error vs CPU f32 {e:.2e}");
+                let what = format!("bf16 {kind:?} d{d} tie {tie} len {len} chunk {chunk} shared {share}");
+                let e = assert_within(&got, &want, TOL_BF16, &what);
+                println!("{what}: relative error vs CPU f32 {e:.2e}");
                 worst = worst.max(e);
             }
         }
@@ -341,8 +353,9 @@ fn check_packed(model: &Arc<Model>, chunks: &[usize], precision: Precision, tol:
     let hw = model.config.hidden_width();
     let mut cpu = Engine::new(Cpu::new(model.clone()), model.config.clone());
     let mut worst = 0f64;
-    for &chunk in chunks {
-        let mut gpu = gpu_engine(model, chunk, precision);
+    for (chunk, (share, bytes)) in chunks.iter().flat_map(|&c| SHARES.map(|s| (c, s))) {
+        let mut gpu = gpu_engine_shared(model, chunk, precision, bytes);
+        let what = format!("{what} shared {share}");
         for (ci, lens) in packing_cases().into_iter().enumerate() {
             let recs: Vec<Vec<u8>> = lens.iter().enumerate().map(|(i, &l)| random_tokens(l, seed + 1000 * ci as u64 + i as u64)).collect();
             let mut starts = Vec::new();
@@ -463,7 +476,7 @@ fn bench_ph_131k() {
     let (free0, total) = probe.mem_get_info().unwrap();
     drop(probe);
     println!("device: {}", Cuda::new(model.clone(), 0).unwrap().name());
-    println!("| precision | bases | chunk | median s | bases/s | GPU memory used (MiB, incl. context) |");
+    println!("| precision | bases | chunk | shared in/out proj | median s | bases/s | GPU memory used (MiB, incl. context) |");
     for (precision, len, chunks) in [
         (Precision::F32, 131_072usize, &[16384usize, 32768, 65536][..]),
         (Precision::F32, 1_048_576, &[32768, 65536][..]),
@@ -471,8 +484,11 @@ fn bench_ph_131k() {
         (Precision::Bf16, 1_048_576, &[32768][..]),
     ] {
         let tokens = random_tokens(len, 7);
-        for &chunk in chunks {
-            let mut e = gpu_engine(&model, chunk, precision);
+        for (chunk, (share, bytes)) in chunks.iter().flat_map(|&c| SHARES.map(|s| (c, s))) {
+            if share && len > 131_072 {
+                continue; // the default cap does not share this context; forcing it would not fit the budget
+            }
+            let mut e = gpu_engine_shared(&model, chunk, precision, if share { 1 << 30 } else { bytes });
             e.run(&tokens).unwrap(); // warm-up: allocations, module load, cuBLAS heuristics
             e.backend().synchronize().unwrap();
             let mut times = Vec::new();
@@ -486,7 +502,7 @@ fn bench_ph_131k() {
             let med = times[times.len() / 2];
             let (free, _) = e.backend().mem_get_info().unwrap();
             println!(
-                "| {precision:?} | {len} | {chunk} | {med:.4} | {:.3e} | {} (baseline {}) |",
+                "| {precision:?} | {len} | {chunk} | {share} | {med:.4} | {:.3e} | {} (baseline {}) |",
                 len as f64 / med,
                 (total - free) >> 20,
                 (total - free0) >> 20

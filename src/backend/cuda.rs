@@ -47,6 +47,17 @@ use module::{guarded, Kernels};
 /// 2·d_state)·4 B per row (~300 MB at 32768 rows for d_model 256); on an H100, 32768 ran
 /// ~9% faster than 16384 and ~20% faster than 8192, 65536 another ~7% (BENCHMARKS.md, GPU section).
 pub const DEFAULT_CHUNK: usize = 32768;
+
+/// Cap on the full-context buffers (12·d_inner B per row, +2·(d_inner + d_model) in bf16)
+/// with which the two directions of a tied bidirectional layer share in_proj and out_proj:
+/// contexts up to ~174k bases at d_model 256 (~131k in bf16 too). Longer contexts run the
+/// directions one by one, chunk by chunk, in the memory the 1M-base budget allows.
+const SHARE_BYTES: usize = 1 << 30;
+
+/// Positions per chunk in shared layers when the chunk is the default: 65536 ran 6-10%
+/// faster than 32768 at 131,072 bases on an H100, and only contexts within SHARE_BYTES get
+/// it. A chunk chosen explicitly (`with_chunk`, tests) is used by both paths.
+const SHARED_CHUNK: usize = 65536;
 /// Shortest scan segment: below this the sequential combine over segments starts to cost.
 const MIN_SEGMENT: usize = 32;
 /// Shared memory a scan block may use for its segment's B and C rows (the default limit).
@@ -124,6 +135,27 @@ struct Scratch {
     xc_h: CudaSlice<u16>,
 }
 
+/// Full-context buffers of a bidirectional layer whose two directions share `in_proj` and
+/// `out_proj` (tied weights): `[x | z]` once for the context, the two directions' gated
+/// outputs summed in `y` (and, in bf16 mode, written as bf16 to `y_h` by the second scan),
+/// and `in_proj`'s bf16 input `u_h`.
+struct Shared {
+    rows: usize,
+    xz: CudaSlice<f32>,
+    y: CudaSlice<f32>,
+    y_h: CudaSlice<u16>,
+    u_h: CudaSlice<u16>,
+}
+
+/// One direction's part in a shared-projection layer (see `Shared`).
+struct SharedPass<'a> {
+    xz: &'a CudaSlice<f32>,
+    y: &'a mut CudaSlice<f32>,
+    y_h: &'a mut CudaSlice<u16>,
+    /// The first direction stores its output in `y`; the second adds to it.
+    first: bool,
+}
+
 /// Record ids of a packed context, one per row.
 struct Records {
     rec: CudaSlice<i32>,
@@ -137,6 +169,8 @@ pub struct Cuda {
     blas: CudaBlas,
     k: Kernels,
     chunk: usize,
+    /// Chunk of shared layers (see SHARED_CHUNK).
+    shared_chunk: usize,
     precision: Precision,
     /// cuBLAS refused FAST_16BF for dt_proj once: it runs in f32 from then on.
     no_fast_bf16: AtomicBool,
@@ -148,9 +182,14 @@ pub struct Cuda {
     norm_f: CudaSlice<f32>,
     mixers: Vec<(DevMamba, Option<DevMamba>)>,
     scratch: Mutex<Option<Scratch>>,
+    shared: Mutex<Option<Shared>>,
+    /// Largest `Shared` set to allocate; longer contexts run the directions one by one.
+    share_bytes: usize,
     records: Mutex<Option<Records>>,
     /// Stands in for the record ids when the context is one record.
     no_records: CudaSlice<i32>,
+    /// Stands in for the shared output when a direction runs alone.
+    no_acc: CudaSlice<f32>,
 }
 
 fn grid(items: usize, threads: u32) -> LaunchConfig {
@@ -244,6 +283,7 @@ impl Cuda {
         let embedding = up(&w.embedding)?;
         let norm_f = up(&w.norm_f)?;
         let no_records = stream.alloc_zeros::<i32>(1)?;
+        let no_acc = stream.alloc_zeros::<f32>(1)?;
         stream.synchronize()?;
         Ok(Cuda {
             model,
@@ -252,6 +292,7 @@ impl Cuda {
             blas,
             k,
             chunk,
+            shared_chunk: if chunk == DEFAULT_CHUNK { SHARED_CHUNK } else { chunk },
             precision,
             no_fast_bf16: AtomicBool::new(false),
             sms,
@@ -262,9 +303,44 @@ impl Cuda {
             norm_f,
             mixers,
             scratch: Mutex::new(None),
+            shared: Mutex::new(None),
+            share_bytes: SHARE_BYTES,
             records: Mutex::new(None),
             no_records,
+            no_acc,
         })
+    }
+
+    /// Cap on the full-context buffers that let the two directions of a tied bidirectional
+    /// layer share `in_proj` and `out_proj` (0: never share; both ways compute the same).
+    pub fn with_share_bytes(mut self, bytes: usize) -> Self {
+        self.share_bytes = bytes;
+        self
+    }
+
+    /// Bytes per row of the `Shared` buffers.
+    fn shared_row_bytes(&self) -> usize {
+        let cfg = &self.model.config;
+        let half = self.precision == Precision::Bf16;
+        12 * cfg.d_inner() + if half { 2 * cfg.d_inner() + 2 * cfg.d_model } else { 0 }
+    }
+
+    fn shared_scratch<'a>(&self, slot: &'a mut Option<Shared>, rows: usize) -> Result<&'a mut Shared> {
+        let cfg = &self.model.config;
+        let (d, di) = (cfg.d_model, cfg.d_inner());
+        let half = self.precision == Precision::Bf16;
+        if slot.as_ref().is_none_or(|s| s.rows < rows) {
+            *slot = None;
+            let zh = |len: usize| self.stream.alloc_zeros::<u16>(if half { len.max(1) } else { 1 });
+            *slot = Some(Shared {
+                rows,
+                xz: self.stream.alloc_zeros::<f32>(rows * 2 * di)?,
+                y: self.stream.alloc_zeros::<f32>(rows * di)?,
+                y_h: zh(rows * di)?,
+                u_h: zh(rows * d)?,
+            });
+        }
+        Ok(slot.as_mut().expect("allocated above"))
     }
 
     /// Wait for all queued work (for timing).
@@ -487,7 +563,18 @@ impl Cuda {
     /// `acc += Mamba(input)` through `view` over the first `len` rows, chunk by chunk. The
     /// conv and scan state start at zero, or from `carry` (`[conv | ssm]`, written back).
     #[allow(clippy::too_many_arguments)]
-    fn run_mixer(&self, m: &DevMamba, input: &CudaBuf, acc: &mut CudaBuf, len: usize, view: View, carry: Option<&mut CudaBuf>) -> Result<()> {
+    /// With `shared`, `[x | z]` is read from the full-context buffer (in_proj already ran)
+    /// and the gated output goes to the shared sum instead of through `out_proj`.
+    fn run_mixer(
+        &self,
+        m: &DevMamba,
+        input: &CudaBuf,
+        acc: &mut CudaBuf,
+        len: usize,
+        view: View,
+        carry: Option<&mut CudaBuf>,
+        mut shared: Option<SharedPass<'_>>,
+    ) -> Result<()> {
         let cfg = &self.model.config;
         let (d, di, n, rk) = (cfg.d_model, cfg.d_inner(), cfg.d_state, cfg.dt_rank());
         let nx = rk + 2 * n;
@@ -519,7 +606,9 @@ impl Cuda {
         let len64 = len as i64;
 
         let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let s = self.scratch(&mut guard, self.chunk.min(len))?;
+        // shared layers run contexts within SHARE_BYTES, which leave room for longer chunks
+        let chunk = if shared.is_some() { self.shared_chunk } else { self.chunk };
+        let s = self.scratch(&mut guard, chunk.min(len))?;
         let conv_len = (cfg.d_conv - 1) * di;
         let carry = match carry {
             Some(state) => {
@@ -537,7 +626,7 @@ impl Cuda {
 
         let mut start = 0;
         while start < len {
-            let t = self.chunk.min(len - start);
+            let t = chunk.min(len - start);
             let t32 = i32_of(t, "chunk")?;
             // the chunk's time steps start..start+t occupy rows r0..r0+t, in reverse when backward
             let r0 = if view.backward { len - start - t } else { start };
@@ -547,6 +636,7 @@ impl Cuda {
             // converted copy of the block)
             let u = input.data.slice(r0 * w_in + view.col..);
             match in_proj {
+                _ if shared.is_some() => {}
                 Weight::F32(w) => self.linear(w, 2 * di, d, &u, w_in, t, &mut s.xz.slice_mut(..), 2 * di, 0.0)?,
                 Weight::Bf16(w) => {
                     let mut b = self.stream.launch_builder(&self.k.rows_to_bf16);
@@ -558,8 +648,12 @@ impl Cuda {
                 }
             }
 
+            let xz = match &shared {
+                Some(p) => p.xz.slice(r0 * 2 * di..),
+                None => s.xz.slice(..),
+            };
             let mut b = self.stream.launch_builder(&self.k.conv_silu);
-            b.arg(&s.xz).arg(&mut s.xc).arg(&mut s.xc_h).arg(&s.conv_in).arg(&mut s.conv_out);
+            b.arg(&xz).arg(&mut s.xc).arg(&mut s.xc_h).arg(&s.conv_in).arg(&mut s.conv_out);
             b.arg(&m.conv_w).arg(&m.conv_b).arg(&t32).arg(&di32).arg(&rev32);
             b.arg(rec).arg(&r0_64).arg(&len64).arg(&packed).arg(&half32);
             // SAFETY: xz holds t rows of 2·di, xc (and xc_h in bf16 mode) t rows of di (scratch
@@ -612,25 +706,49 @@ impl Cuda {
                 unsafe { b.launch(cells) }?;
             }
             let (delta_ready, write_back) = (!single as i32, single as i32);
+            let acc_mode: i32 = match &shared {
+                None => 0,
+                Some(p) if p.first => 1,
+                Some(_) => 2,
+            };
+            let (mut y_acc, mut y_h) = match shared.as_mut() {
+                Some(p) => (Some(p.y.slice_mut(r0 * di..)), (half && !p.first).then(|| p.y_h.slice_mut(r0 * di..))),
+                None => (None, None),
+            };
             let mut b = self.stream.launch_builder(&self.k.scan_output);
-            b.arg(&mut s.xc).arg(&s.delta).arg(&s.dbc).arg(&s.xz).arg(&m.a2).arg(&m.dt_b).arg(&m.d);
+            b.arg(&mut s.xc).arg(&s.delta).arg(&s.dbc).arg(&xz).arg(&m.a2).arg(&m.dt_b).arg(&m.d);
             if single {
                 b.arg(&mut s.ssm);
             } else {
                 b.arg(&mut s.h);
             }
             b.arg(&t32).arg(&di32).arg(&nx32).arg(&rk32).arg(&seg32).arg(&rev32).arg(&delta_ready).arg(&write_back);
-            b.arg(rec).arg(&r0_64).arg(&len64).arg(&packed).arg(&mut s.xc_h).arg(&half32);
+            b.arg(rec).arg(&r0_64).arg(&len64).arg(&packed);
+            match &mut y_h {
+                Some(v) => b.arg(v),
+                None => b.arg(&mut s.xc_h),
+            };
+            b.arg(&half32);
+            match &mut y_acc {
+                Some(v) => b.arg(v),
+                None => b.arg(&self.no_acc),
+            };
+            b.arg(&acc_mode);
             // SAFETY: as for scan_ends, with seg rows of B and C in shared memory; with one
             // segment the start state is the di·n carried state; in bf16 mode the output goes
-            // to xc_h (t rows of di, no longer read by x_proj, which ran before on this stream).
+            // to xc_h (t rows of di, no longer read by x_proj, which ran before on this stream)
+            // or, shared, to the full-context y_h; the shared y holds the len rows of di from
+            // row r0 on (acc_mode 0 never touches no_acc).
             unsafe { b.launch(seg_grid(2 * n)) }?;
+            drop((y_acc, y_h));
 
             // acc += y · W_outᵀ, accumulated in place into the residual's column block
-            let mut o = acc.data.slice_mut(r0 * w_out + view.col..);
-            match out_proj {
-                Weight::F32(w) => self.linear(w, d, di, &s.xc.slice(..), di, t, &mut o, w_out, 1.0)?,
-                Weight::Bf16(w) => self.linear_bf16(w, d, di, &s.xc_h, di, t, &mut o, w_out, 1.0)?,
+            if shared.is_none() {
+                let mut o = acc.data.slice_mut(r0 * w_out + view.col..);
+                match out_proj {
+                    Weight::F32(w) => self.linear(w, d, di, &s.xc.slice(..), di, t, &mut o, w_out, 1.0)?,
+                    Weight::Bf16(w) => self.linear_bf16(w, d, di, &s.xc_h, di, t, &mut o, w_out, 1.0)?,
+                }
             }
             start += t;
         }
@@ -710,7 +828,63 @@ impl Backend for Cuda {
     }
 
     fn mixer(&self, layer: usize, dir: Dir, input: &CudaBuf, acc: &mut CudaBuf, len: usize, view: View) -> Result<()> {
-        self.run_mixer(self.dev_mamba(layer, dir)?, input, acc, len, view, None)
+        self.run_mixer(self.dev_mamba(layer, dir)?, input, acc, len, view, None, None)
+    }
+
+    fn bimamba(&self, layer: usize, input: &CudaBuf, acc: &mut CudaBuf, len: usize, view: View) -> Result<()> {
+        let l = self.model.weights.layers.get(layer).ok_or_else(|| anyhow!("no layer {layer}"))?;
+        let tied = l.rev.as_ref().is_some_and(|r| Arc::ptr_eq(&l.fwd.in_proj, &r.in_proj) && Arc::ptr_eq(&l.fwd.out_proj, &r.out_proj));
+        let back = View { backward: !view.backward, ..view };
+        if !tied || len == 0 || len.saturating_mul(self.shared_row_bytes()) > self.share_bytes {
+            // a context too long to share: free the buffers a shorter one left behind, so
+            // the memory of a long context stays what the unshared path needs
+            *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+            if scratch.as_ref().is_some_and(|s| s.rows > self.chunk) {
+                *scratch = None;
+            }
+            drop(scratch);
+            self.mixer(layer, Dir::Fwd, input, acc, len, view)?;
+            return self.mixer(layer, Dir::Rev, input, acc, len, back);
+        }
+        let cfg = &self.model.config;
+        let (d, di) = (cfg.d_model, cfg.d_inner());
+        let (w_in, w_out) = (input.width, acc.width);
+        ensure!(view.col + d <= w_in && view.col + d <= w_out, "mixer: view outside the buffer");
+        ensure!(len <= input.rows && len <= acc.rows, "mixer: rows out of range");
+        let (fwd, rev) = (self.dev_mamba(layer, Dir::Fwd)?, self.dev_mamba(layer, Dir::Rev)?);
+        let (in_proj, out_proj) = match (&fwd.flipped, view.flip_channels) {
+            (_, false) => (&fwd.in_proj, &fwd.out_proj),
+            (Some((i, o)), true) => (i, o),
+            (None, true) => anyhow::bail!("channel-flipped view on a model without RCPS"),
+        };
+        let mut guard = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let sh = self.shared_scratch(&mut guard, len)?;
+        // [x | z] = u · W_inᵀ once for the whole context and both directions
+        let u = input.data.slice(view.col..);
+        match in_proj {
+            Weight::F32(w) => self.linear(w, 2 * di, d, &u, w_in, len, &mut sh.xz.slice_mut(..), 2 * di, 0.0)?,
+            Weight::Bf16(w) => {
+                let d32 = i32_of(d, "d_model")?;
+                let mut b = self.stream.launch_builder(&self.k.rows_to_bf16);
+                b.arg(&u).arg(&w_in).arg(&mut sh.u_h).arg(&len).arg(&d32);
+                // SAFETY: len rows of d values at stride w_in lie within the input (view
+                // checked above); u_h holds >= len rows of d values.
+                unsafe { b.launch(grid(len * d, 256)) }?;
+                self.linear_bf16(w, 2 * di, d, &sh.u_h, d, len, &mut sh.xz, 2 * di, 0.0)?;
+            }
+        }
+        for (m, v, first) in [(fwd, view, true), (rev, back, false)] {
+            let pass = SharedPass { xz: &sh.xz, y: &mut sh.y, y_h: &mut sh.y_h, first };
+            self.run_mixer(m, input, acc, len, v, None, Some(pass))?;
+        }
+        // acc += (y_fwd + y_rev) · W_outᵀ, once
+        let mut o = acc.data.slice_mut(view.col..);
+        match out_proj {
+            Weight::F32(w) => self.linear(w, d, di, &sh.y.slice(..), di, len, &mut o, w_out, 1.0)?,
+            Weight::Bf16(w) => self.linear_bf16(w, d, di, &sh.y_h, di, len, &mut o, w_out, 1.0)?,
+        }
+        Ok(())
     }
 
     fn alloc_state(&self) -> Result<CudaBuf> {
@@ -721,7 +895,7 @@ impl Backend for Cuda {
 
     fn mixer_carry(&self, layer: usize, input: &CudaBuf, acc: &mut CudaBuf, len: usize, state: &mut CudaBuf) -> Result<()> {
         let view = View { col: 0, flip_channels: false, backward: false };
-        self.run_mixer(self.dev_mamba(layer, Dir::Fwd)?, input, acc, len, view, Some(state))
+        self.run_mixer(self.dev_mamba(layer, Dir::Fwd)?, input, acc, len, view, Some(state), None)
     }
 
     fn supports_packing(&self) -> bool {

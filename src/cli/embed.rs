@@ -21,8 +21,9 @@ use crate::sinks::{Csv, Mean, PositionCsv, RawRows, Windows};
 
 /// Bases per packed context. On backends that pack records (the GPU), pooled means of
 /// records that fit one context are computed with several records packed into one context
-/// (short reads fill the device together) and summed on the device.
-const PACK_BASES: usize = 262_144;
+/// (short reads fill the device together) and summed on the device. 131,072 keeps a packed
+/// context within the CUDA backend's cap for sharing in/out projections between directions.
+const PACK_BASES: usize = 131_072;
 
 /// Pending short records for one packed context, written in input order.
 #[derive(Default)]
@@ -41,8 +42,10 @@ impl Packed {
         let sums = emb.pooled_packed(&toks, PACK_BASES).with_context(|| {
             format!("a packed batch of {} records ('{}' to '{}')", toks.len(), self.records[0].0, self.records[toks.len() - 1].0)
         })?;
-        for ((id, toks), sum) in self.records.iter().zip(sums) {
-            csv.row(id, &[toks.len()], Mean { sum }.finish(toks.len()))?;
+        let means: Vec<Vec<f32>> = self.records.iter().zip(sums).map(|((_, toks), sum)| Mean { sum }.finish(toks.len()).collect()).collect();
+        let rows: Vec<(&str, usize, &[f32])> = self.records.iter().zip(&means).map(|((id, toks), m)| (id.as_str(), toks.len(), m.as_slice())).collect();
+        csv.rows(&rows)?;
+        for (id, toks) in &self.records {
             progress.record_done(toks.len());
             if verbose {
                 progress.warn(&format!("done: {id} ({} bases, packed)", toks.len()));
