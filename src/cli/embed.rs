@@ -336,7 +336,8 @@ fn run_workers(a: &EmbedArgs, model: Arc<Model>, gpus: Option<Vec<usize>>) -> Re
             let make = |w: usize| -> Result<Cuda> {
                 Cuda::with_options(model.clone(), gpus[w], chunk, precision).with_context(|| format!("--device cuda:{}", gpus[w]))
             };
-            workers_on(&make, gpus.len(), &format!("{} GPUs ({})", gpus.len(), a.common.device), &model, a, context, overlap)
+            let name = format!("{} GPU workers ({})", gpus.len(), a.common.device);
+            workers_on(&make, gpus.len(), &name, &model, a, context, overlap, PACK_BASES)
         }
         #[cfg(not(feature = "cuda"))]
         Some(_) => bail!("--device {}: this binary was built without the `cuda` feature", a.common.device),
@@ -346,13 +347,23 @@ fn run_workers(a: &EmbedArgs, model: Arc<Model>, gpus: Option<Vec<usize>>) -> Re
             }
             let chunk = a.tiles.chunk;
             let make = |_: usize| -> Result<crate::backend::cpu::Cpu> { Ok(crate::backend::cpu::Cpu::with_chunk(model.clone(), chunk)) };
-            workers_on(&make, a.workers, &format!("cpu, {} workers", a.workers), &model, a, context, overlap)
+            // the CPU runs packed batches one record at a time: one record per job spreads best
+            workers_on(&make, a.workers, &format!("cpu, {} workers", a.workers), &model, a, context, overlap, 0)
         }
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn workers_on<B: Backend>(make: &(dyn Fn(usize) -> Result<B> + Sync), n: usize, name: &str, model: &Arc<Model>, a: &EmbedArgs, context: usize, overlap: usize) -> Result<()> {
+fn workers_on<B: Backend>(
+    make: &(dyn Fn(usize) -> Result<B> + Sync),
+    n: usize,
+    name: &str,
+    model: &Arc<Model>,
+    a: &EmbedArgs,
+    context: usize,
+    overlap: usize,
+    pack_bases: usize,
+) -> Result<()> {
     let width = if a.strand == Strand::Fwd { model.config.hidden_width() } else { model.config.d_model };
     let mut csv = Csv::new(Output::open(a.out.as_deref())?);
     csv.header(&["id", "length"], &value_names(Feature::Hidden, width))?;
@@ -367,6 +378,7 @@ fn workers_on<B: Backend>(make: &(dyn Fn(usize) -> Result<B> + Sync), n: usize, 
         a.strand,
         context,
         overlap,
+        pack_bases,
         &mut |send| each_input(a, &mut totals, &mut tokens, &mut |id, toks, _| send(id, toks)),
         &mut |id, len, row| {
             progress.record_done(len);
