@@ -10,7 +10,8 @@ use crate::embed::Sink;
 
 /// CSV writer over any output, with shortest round-trip float text.
 pub struct Csv<W: Write> {
-    out: W,
+    /// `None` only after `into_inner`.
+    out: Option<W>,
     /// Formats rows (the csv crate's quoting) into a block of bytes that goes to `out`
     /// whole; `rows` formats a batch the same way on several threads.
     fmt: csv::Writer<Vec<u8>>,
@@ -49,7 +50,7 @@ fn take_bytes(w: &mut csv::Writer<Vec<u8>>) -> Result<Vec<u8>> {
 
 impl<W: Write> Csv<W> {
     pub fn new(inner: W) -> Self {
-        Csv { out: inner, fmt: formatter(), num: ryu::Buffer::new() }
+        Csv { out: Some(inner), fmt: formatter(), num: ryu::Buffer::new() }
     }
 
     pub fn header(&mut self, lead: &[&str], cols: &[String]) -> Result<()> {
@@ -88,21 +89,31 @@ impl<W: Write> Csv<W> {
             })
             .collect::<Result<_>>()?;
         self.write_block()?;
+        let out = self.out.as_mut().expect("present until into_inner");
         for b in blocks {
-            self.out.write_all(&b)?;
+            out.write_all(&b)?;
         }
         Ok(())
     }
 
     fn write_block(&mut self) -> Result<()> {
         let bytes = take_bytes(&mut self.fmt)?;
-        self.out.write_all(&bytes)?;
+        self.out.as_mut().expect("present until into_inner").write_all(&bytes)?;
         Ok(())
     }
 
     pub fn into_inner(mut self) -> Result<W> {
         self.write_block()?;
-        Ok(self.out)
+        Ok(self.out.take().expect("present until into_inner"))
+    }
+}
+
+impl<W: Write> Drop for Csv<W> {
+    /// Rows formatted before an error still reach the output (stdout keeps what was done).
+    fn drop(&mut self) {
+        if self.out.is_some() {
+            let _ = self.write_block();
+        }
     }
 }
 

@@ -594,3 +594,22 @@ fn batched_variant_windows_match_cpu() {
         }
     }
 }
+
+#[test]
+fn shared_and_unshared_contexts_alternate_on_one_backend() {
+    if !gpu("shared_and_unshared_contexts_alternate_on_one_backend") {
+        return;
+    }
+    // One backend whose cap shares contexts up to 5,000 rows (f32: 12·d_inner B per row):
+    // short, long, short, ... reuse and free the shared buffers and the scratch in turn.
+    for (kind, seed) in [(Kind::Ph, 91), (Kind::Ps, 92)] {
+        let model = random_model(kind, 24, 2, true, seed);
+        let cap = 5000 * 12 * model.config.d_inner();
+        let mut gpu = gpu_engine_shared(&model, cuda::DEFAULT_CHUNK, Precision::F32, cap);
+        let mut cpu = Engine::new(Cpu::new(model.clone()), model.config.clone());
+        for (i, len) in [1000usize, 20_001, 5000, 5001, 1000, 70_000, 7].into_iter().enumerate() {
+            let tokens = random_tokens(len, seed * 10 + i as u64);
+            assert_close(&hidden(&mut gpu, &tokens), &hidden(&mut cpu, &tokens), &format!("{kind:?} run {i} len {len}"));
+        }
+    }
+}

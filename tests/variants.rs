@@ -182,3 +182,25 @@ fn batched_window_scores_match_each_window_alone() {
         }
     }
 }
+
+/// A malformed VCF line stops the run with one error line naming it, after every record
+/// before it has been written (stdout is a stream: what was done is kept).
+#[test]
+fn a_bad_vcf_line_fails_after_writing_the_records_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fa, vcf) = setup(dir.path());
+    let good = std::fs::read_to_string(&vcf).unwrap();
+    let n_good = good.lines().filter(|l| !l.starts_with('#')).count();
+    let bad = dir.path().join("bad.vcf");
+    std::fs::write(&bad, format!("{good}c\tnot_a_position\t.\tA\tC\t.\tPASS\t.\nc\t5\t.\tA\tC\t.\tPASS\t.\n")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_dna-mamba"))
+        .args(["score-variants", "--vcf", bad.to_str().unwrap(), "--fasta", &fa, "-m", &fixtures().join("ph").to_string_lossy()])
+        .args(["--format", "tsv", "--scores", "llr", "--context", "700"])
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, "bad VCF line", &format!("record {}", n_good + 1));
+    let out = String::from_utf8(o.stdout).unwrap();
+    let rows = out.lines().skip(1).count();
+    // one TSV row per alternate allele; every record here has one
+    assert_eq!(rows, n_good, "{out}");
+}

@@ -127,18 +127,22 @@ fn score_on<B: Backend>(backend: B, model: Arc<Model>, a: &ScoreArgs) -> Result<
     let mut cache: Option<TileCache> = None;
     let (mut n_in, mut n_scored, mut n_skipped) = (0usize, 0usize, 0usize);
     let mut batch: Vec<Pending> = Vec::new();
+    let mut batch_bases = 0usize;
     let mut eof = false;
     while !eof {
         let mut record = vcf::variant::RecordBuf::default();
-        let n = vr.read_record_buf(&header, &mut record).with_context(|| format!("{vcf_name}: record {}", n_in + 1))?;
-        eof = n == 0;
+        // a VCF error ends the run, after the records read before it are written
+        let read = vr.read_record_buf(&header, &mut record).with_context(|| format!("{vcf_name}: record {}", n_in + 1));
+        eof = !matches!(read, Ok(n) if n > 0);
         if !eof {
             n_in += 1;
             let mut p = Pending { outcome: Ok(vec![]), window: None, record };
-            p.outcome = prepare(&mut p, &mut reference, &mut scorer, &mut cache, a, n_in, &vcf_name);
+            p.outcome = prepare(&mut p, &mut reference, &mut scorer, &mut cache, a, n_in);
+            // window bases the batch will run: the reference window (masked) and one per allele
+            batch_bases += p.window.as_ref().map_or(0, |w| w.tokens.len() * (2 + w.alt_cols.len()));
             batch.push(p);
         }
-        if batch.len() >= BATCH || (eof && !batch.is_empty()) {
+        if batch.len() >= BATCH || batch_bases >= BATCH_BASES || (eof && !batch.is_empty()) {
             score_windows(&mut batch, &mut scorer, want(Score::Mllr), want(Score::Emb))?;
             for p in batch.drain(..) {
                 if p.outcome.is_ok() {
@@ -148,7 +152,9 @@ fn score_on<B: Backend>(backend: B, model: Arc<Model>, a: &ScoreArgs) -> Result<
                 }
                 write_record(p, a, &header, &mut vw, &mut out, &vcf_name)?;
             }
+            batch_bases = 0;
         }
+        read?;
     }
     out.finish()?;
     if !a.common.quiet {
@@ -161,8 +167,10 @@ fn score_on<B: Backend>(backend: B, model: Arc<Model>, a: &ScoreArgs) -> Result<
     Ok(())
 }
 
-/// Variants whose per-variant windows run together (packed on backends that pack).
+/// Variants whose per-variant windows run together (packed on backends that pack), up to
+/// BATCH_BASES bases of windows (which bounds host memory for long --score-context).
 const BATCH: usize = 1024;
+const BATCH_BASES: usize = 4 << 20;
 
 /// One VCF record on its way through: its scores so far (one row of llr, mllr, cos, l2 per
 /// alternate allele) or why it is not scored, and the window the per-variant scores need.
@@ -181,11 +189,10 @@ fn prepare<B: Backend>(
     cache: &mut Option<TileCache>,
     a: &ScoreArgs,
     n_in: usize,
-    vcf_name: &str,
 ) -> Result<Vec<[Option<f32>; 4]>> {
     let record = &p.record;
     let chrom = record.reference_sequence_name().to_string();
-    let pos1 = record.variant_start().map(usize::from).ok_or_else(|| anyhow!("{vcf_name}: record {n_in}: no position"))?;
+    let pos1 = record.variant_start().map(usize::from).ok_or_else(|| anyhow!("no position (POS 0, record {n_in})"))?;
     let ref_b = record.reference_bases();
     let alts: &[String] = record.alternate_bases().as_ref();
     let ref_col = match (ref_b.len(), ref_b.as_bytes().first().and_then(|&b| base_index(b))) {
