@@ -44,6 +44,17 @@ pub trait Sink {
     fn flush(&mut self, _upto: usize) -> Result<()> {
         Ok(())
     }
+    /// Sinks that only sum hidden-state rows over position ranges (pooling, windows) say here
+    /// which ranges of the complete positions `lo..hi` they need; the embedder then hands
+    /// them the sums (`add_sum`, in the order given) instead of the rows, and a GPU backend
+    /// takes those sums on the device instead of copying every row to the host.
+    fn ranges(&mut self, _lo: usize, _hi: usize) -> Option<Vec<(usize, usize)>> {
+        None
+    }
+    /// `weight` × the sum of feature rows over the `k`-th range of the last `ranges` call.
+    fn add_sum(&mut self, _k: usize, _sum: &[f64], _weight: f64) -> Result<()> {
+        anyhow::bail!("this sink takes rows, not range sums")
+    }
 }
 
 /// One run of the model over a tile: on the reverse complement or not, and its weight.
@@ -133,6 +144,17 @@ impl<B: Backend> Embedder<B> {
         }
     }
 
+    /// `out += w ×` the hidden-state feature of a sum of hidden rows `h` (linear in the row).
+    fn add_hidden_feature(&self, h: &[f64], w: f64, out: &mut [f64]) {
+        let cfg = &self.model.config;
+        let d = cfg.d_model;
+        match (cfg.rcps, self.strand) {
+            (true, Strand::Rc) => out.iter_mut().enumerate().for_each(|(c, o)| *o += w * h[2 * d - 1 - c]),
+            (true, Strand::Both) => out.iter_mut().enumerate().for_each(|(c, o)| *o += w * 0.5 * (h[c] + h[2 * d - 1 - c])),
+            _ => out.iter_mut().zip(h).for_each(|(o, v)| *o += w * v),
+        }
+    }
+
     /// Whether `pooled_packed` packs: the backend packs records into one context and the
     /// output is hidden states (pooling sums of them is linear).
     pub fn can_pack(&self) -> bool {
@@ -155,20 +177,14 @@ impl<B: Backend> Embedder<B> {
         if self.feature != Feature::Hidden {
             bail!("range sums are of hidden states, not logits");
         }
-        let cfg = &self.model.config;
-        let (d, width, strand) = (cfg.d_model, self.width(), self.strand);
-        let rcps = cfg.rcps;
-        let mut out = vec![vec![0.0f64; width]; records.len()];
-        self.pass_sums(records, ranges, pack_bases, |i, pass, h| {
-            // the hidden-state feature rows are linear in the hidden row
-            let w = pass.weight as f64;
-            let o = &mut out[i];
-            match (rcps, strand) {
-                (true, Strand::Rc) => o.iter_mut().enumerate().for_each(|(c, o)| *o += w * h[2 * d - 1 - c]),
-                (true, Strand::Both) => o.iter_mut().enumerate().for_each(|(c, o)| *o += w * 0.5 * (h[c] + h[2 * d - 1 - c])),
-                _ => o.iter_mut().zip(h).for_each(|(o, v)| *o += w * v),
-            }
-        })?;
+        let width = self.width();
+        let mut sums = vec![vec![0.0f64; width]; records.len()];
+        let mut hidden: Vec<(usize, Pass, Vec<f64>)> = Vec::new();
+        self.pass_sums(records, ranges, pack_bases, |i, pass, h| hidden.push((i, pass, h.to_vec())))?;
+        for (i, pass, h) in hidden {
+            self.add_hidden_feature(&h, pass.weight as f64, &mut sums[i]);
+        }
+        let out = sums;
         Ok(out)
     }
 
@@ -301,10 +317,39 @@ impl<B: Backend> Embedder<B> {
             }
             return Ok(());
         }
+        let mut sums = Vec::new();
+        let mut feat = Vec::new();
         for tile in tiling::plan(tokens.len(), self.context, self.overlap) {
             let Tile { start, end, keep_start, keep_end } = tile;
             let t = end - start;
             let kept = keep_end - keep_start;
+            let ranges = if self.feature == Feature::Hidden { sink.ranges(keep_start, keep_end) } else { None };
+            if let Some(ranges) = ranges {
+                // sums over the sink's ranges, taken by the backend (on the device for a GPU)
+                for pass in &passes {
+                    let ctx = &tokens[start..end];
+                    if pass.rc {
+                        self.engine.run(&tokenizer::reverse_complement(ctx, &self.model.weights.complement))?;
+                    } else {
+                        self.engine.run(ctx)?;
+                    }
+                    let local: Vec<(usize, usize)> = ranges
+                        .iter()
+                        .map(|&(a, b)| if pass.rc { (end - b, end - a) } else { (a - start, b - start) })
+                        .collect();
+                    sums.resize(ranges.len() * hw, 0.0);
+                    self.engine.sum_rows(&local, &mut sums)?;
+                    for (k, h) in sums.chunks(hw).enumerate() {
+                        feat.clear();
+                        feat.resize(width, 0.0);
+                        self.add_hidden_feature(h, 1.0, &mut feat);
+                        sink.add_sum(k, &feat, pass.weight as f64)?;
+                    }
+                }
+                sink.flush(keep_end)?;
+                progress(keep_end);
+                continue;
+            }
             if hold {
                 held.clear();
                 held.resize(kept * width, 0.0);

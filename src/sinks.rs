@@ -139,6 +139,13 @@ impl Sink for Mean {
     fn linear(&self) -> bool {
         true
     }
+    fn ranges(&mut self, lo: usize, hi: usize) -> Option<Vec<(usize, usize)>> {
+        Some(vec![(lo, hi)])
+    }
+    fn add_sum(&mut self, _k: usize, sum: &[f64], weight: f64) -> Result<()> {
+        self.sum.iter_mut().zip(sum).for_each(|(s, v)| *s += weight * v);
+        Ok(())
+    }
     fn add(&mut self, _pos: usize, row: &[f32], weight: f32) -> Result<()> {
         for (s, v) in self.sum.iter_mut().zip(row) {
             *s += (weight * v) as f64;
@@ -161,11 +168,22 @@ pub struct Windows<'a, W: Write> {
     open: BTreeMap<usize, Vec<f64>>,
     next_start: usize,
     done: bool,
+    /// Window starts of the ranges of the last `ranges` call.
+    asked: Vec<usize>,
 }
 
 impl<'a, W: Write> Windows<'a, W> {
     pub fn new(out: &'a mut Csv<W>, id: &'a str, len: usize, window: usize, stride: usize, width: usize, offset: usize) -> Self {
-        Windows { out, id, offset, len, window, stride, width, open: BTreeMap::new(), next_start: 0, done: false }
+        Windows { out, id, offset, len, window, stride, width, open: BTreeMap::new(), next_start: 0, done: false, asked: Vec::new() }
+    }
+
+    /// Open every window that starts at or before `pos`.
+    fn open_through(&mut self, pos: usize) {
+        while !self.done && self.next_start <= pos {
+            self.open.insert(self.next_start, vec![0.0; self.width]);
+            self.done = self.end_of(self.next_start) >= self.len;
+            self.next_start += self.stride;
+        }
     }
 
     fn end_of(&self, start: usize) -> usize {
@@ -177,13 +195,28 @@ impl<W: Write> Sink for Windows<'_, W> {
     fn linear(&self) -> bool {
         true
     }
-    fn add(&mut self, pos: usize, row: &[f32], weight: f32) -> Result<()> {
-        // open every window that starts at or before pos
-        while !self.done && self.next_start <= pos {
-            self.open.insert(self.next_start, vec![0.0; self.width]);
-            self.done = self.end_of(self.next_start) >= self.len;
-            self.next_start += self.stride;
+    fn ranges(&mut self, lo: usize, hi: usize) -> Option<Vec<(usize, usize)>> {
+        if hi > lo {
+            self.open_through(hi - 1);
         }
+        self.asked.clear();
+        let mut ranges = Vec::new();
+        for &start in self.open.keys() {
+            let (a, b) = (start.max(lo), self.end_of(start).min(hi));
+            if a < b {
+                self.asked.push(start);
+                ranges.push((a, b));
+            }
+        }
+        Some(ranges)
+    }
+    fn add_sum(&mut self, k: usize, sum: &[f64], weight: f64) -> Result<()> {
+        let w = self.open.get_mut(&self.asked[k]).expect("asked windows stay open until flushed");
+        w.iter_mut().zip(sum).for_each(|(s, v)| *s += weight * v);
+        Ok(())
+    }
+    fn add(&mut self, pos: usize, row: &[f32], weight: f32) -> Result<()> {
+        self.open_through(pos);
         let lo = (pos + 1).saturating_sub(self.window);
         for (_, sum) in self.open.range_mut(lo..=pos) {
             for (s, v) in sum.iter_mut().zip(row) {
