@@ -613,3 +613,40 @@ fn shared_and_unshared_contexts_alternate_on_one_backend() {
         }
     }
 }
+
+#[test]
+fn window_and_mean_sums_on_the_device_match_cpu() {
+    if !gpu("window_and_mean_sums_on_the_device_match_cpu") {
+        return;
+    }
+    // Sinks that take range sums (Mean, Windows): the GPU sums on the device per tile and
+    // pass; the CPU reads the rows. Tiled records (context 1000, overlap 250), every strand,
+    // overlapping windows (stride < window) and a partial last window.
+    use dna_mamba::sinks::{Csv, Windows};
+    let values = |csv: Vec<u8>| -> Vec<f32> {
+        String::from_utf8(csv).unwrap().lines().flat_map(|l| l.split(',').skip(3).map(|v| v.parse::<f32>().unwrap()).collect::<Vec<_>>()).collect()
+    };
+    for (kind, seed) in [(Kind::Ph, 95), (Kind::Ps, 96)] {
+        let model = random_model(kind, 24, 2, true, seed);
+        let tokens = random_tokens(4321, seed);
+        for strand in [Strand::Fwd, Strand::Rc, Strand::Both] {
+            let mut cpu = Embedder::new(Cpu::new(model.clone()), model.clone(), strand, Feature::Hidden, 1000, 250).unwrap();
+            let gpu_backend = Cuda::with_options(model.clone(), 0, cuda::DEFAULT_CHUNK, Precision::F32).unwrap();
+            let mut gpu = Embedder::new(gpu_backend, model.clone(), strand, Feature::Hidden, 1000, 250).unwrap();
+            let w = cpu.width();
+            let (mut mc, mut mg) = (Mean::new(w), Mean::new(w));
+            cpu.record(&tokens, &mut mc, &mut |_| {}).unwrap();
+            gpu.record(&tokens, &mut mg, &mut |_| {}).unwrap();
+            let (want, got): (Vec<f32>, Vec<f32>) = (mc.finish(tokens.len()).collect(), mg.finish(tokens.len()).collect());
+            assert_close(&got, &want, &format!("{kind:?} {strand:?} mean"));
+            for (window, stride) in [(500usize, 500usize), (300, 120), (1, 1)] {
+                let (mut oc, mut og) = (Csv::new(Vec::new()), Csv::new(Vec::new()));
+                cpu.record(&tokens, &mut Windows::new(&mut oc, "r", tokens.len(), window, stride, w, 0), &mut |_| {}).unwrap();
+                gpu.record(&tokens, &mut Windows::new(&mut og, "r", tokens.len(), window, stride, w, 0), &mut |_| {}).unwrap();
+                let (want, got) = (values(oc.into_inner().unwrap()), values(og.into_inner().unwrap()));
+                assert!(!want.is_empty());
+                assert_close(&got, &want, &format!("{kind:?} {strand:?} window {window} stride {stride}"));
+            }
+        }
+    }
+}
