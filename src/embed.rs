@@ -57,6 +57,14 @@ pub trait Sink {
     }
 }
 
+/// Bases per packed context where records are batched (embed, classify, train, workers):
+/// 131,072 keeps a packed context within the CUDA backend's cap for sharing in/out
+/// projections between directions.
+pub const PACK_BASES: usize = 131_072;
+
+/// A range of one record in a batch: (record index, first position, end position).
+pub type Query = (usize, usize, usize);
+
 /// One run of the model over a tile: on the reverse complement or not, and its weight.
 #[derive(Clone, Copy)]
 struct Pass {
@@ -174,29 +182,43 @@ impl<B: Backend> Embedder<B> {
     /// coordinates) of record `i`'s hidden-state feature rows, strands weighted as in
     /// `record`. Needs `Feature::Hidden`.
     pub fn range_sums(&mut self, records: &[&[u8]], ranges: &[(usize, usize)], pack_bases: usize) -> Result<Vec<Vec<f64>>> {
+        if records.len() != ranges.len() {
+            bail!("{} records but {} ranges", records.len(), ranges.len());
+        }
+        let queries: Vec<Query> = ranges.iter().enumerate().map(|(i, &(a, b))| (i, a, b)).collect();
+        self.query_sums(records, &queries, pack_bases)
+    }
+
+    /// For records that each fit one context: for each query `(record, start, end)` (sorted
+    /// by record; several per record allowed), the sum over positions `start..end` of that
+    /// record's hidden-state feature rows, strands weighted as in `record`. Records are
+    /// packed as in `range_sums`. Needs `Feature::Hidden`.
+    pub fn query_sums(&mut self, records: &[&[u8]], queries: &[Query], pack_bases: usize) -> Result<Vec<Vec<f64>>> {
         if self.feature != Feature::Hidden {
             bail!("range sums are of hidden states, not logits");
         }
         let width = self.width();
-        let mut sums = vec![vec![0.0f64; width]; records.len()];
         let mut hidden: Vec<(usize, Pass, Vec<f64>)> = Vec::new();
-        self.pass_sums(records, ranges, pack_bases, |i, pass, h| hidden.push((i, pass, h.to_vec())))?;
-        for (i, pass, h) in hidden {
-            self.add_hidden_feature(&h, pass.weight as f64, &mut sums[i]);
+        self.pass_sums(records, queries, pack_bases, |q, pass, h| hidden.push((q, pass, h.to_vec())))?;
+        let mut sums = vec![vec![0.0f64; width]; queries.len()];
+        for (q, pass, h) in hidden {
+            self.add_hidden_feature(&h, pass.weight as f64, &mut sums[q]);
         }
-        let out = sums;
-        Ok(out)
+        Ok(sums)
     }
 
     /// For records that each fit one context: the feature row (as `record` computes it, strands
     /// combined) at position `at[i]` of record `i`, records packed as in `range_sums`.
     pub fn rows_at(&mut self, records: &[&[u8]], at: &[usize], pack_bases: usize) -> Result<Vec<Vec<f32>>> {
+        if records.len() != at.len() {
+            bail!("{} records but {} positions", records.len(), at.len());
+        }
         let width = self.width();
-        let ranges: Vec<(usize, usize)> = at.iter().map(|&p| (p, p + 1)).collect();
+        let queries: Vec<Query> = at.iter().enumerate().map(|(i, &p)| (i, p, p + 1)).collect();
         let mut hidden: Vec<Vec<(Pass, Vec<f32>)>> = vec![Vec::new(); records.len()];
-        self.pass_sums(records, &ranges, pack_bases, |i, pass, h| {
+        self.pass_sums(records, &queries, pack_bases, |q, pass, h| {
             // a sum over one row is that row; f32 -> f64 -> f32 is exact
-            hidden[i].push((pass, h.iter().map(|&v| v as f32).collect()));
+            hidden[q].push((pass, h.iter().map(|&v| v as f32).collect()));
         })?;
         let mut row = vec![0.0; width];
         Ok(hidden
@@ -213,31 +235,26 @@ impl<B: Backend> Embedder<B> {
     }
 
     /// Runs every strand pass of `records` (each fitting one context) and hands `each` the
-    /// f64 column sums of the final hidden rows over `ranges[i]`, taken in the pass's own
-    /// coordinates (mirrored for the reverse complement). Where the backend packs, records go
-    /// several to a context of about `pack_bases` bases (no padding: the conv and scan state
-    /// restart at every record boundary) and the sums are taken on the device; elsewhere one
-    /// record per run.
-    fn pass_sums(
-        &mut self,
-        records: &[&[u8]],
-        ranges: &[(usize, usize)],
-        pack_bases: usize,
-        mut each: impl FnMut(usize, Pass, &[f64]),
-    ) -> Result<()> {
-        if records.len() != ranges.len() {
-            bail!("{} records but {} ranges", records.len(), ranges.len());
-        }
+    /// index of a query and the f64 column sums of the final hidden rows over its range,
+    /// taken in the pass's own coordinates (mirrored for the reverse complement). Where the
+    /// backend packs, records go several to a context of about `pack_bases` bases (no padding:
+    /// the conv and scan state restart at every record boundary) and the sums are taken on the
+    /// device; elsewhere one record per run.
+    fn pass_sums(&mut self, records: &[&[u8]], queries: &[Query], pack_bases: usize, mut each: impl FnMut(usize, Pass, &[f64])) -> Result<()> {
         if let Some(r) = records.iter().find(|r| r.is_empty() || r.len() > self.context) {
             bail!("a batched record must have 1 to {} bases (--context), not {}", self.context, r.len());
         }
-        if let Some((i, _)) = ranges.iter().enumerate().find(|(i, (a, b))| a >= b || *b > records[*i].len()) {
-            bail!("range {:?} is empty or past the end of a {}-base record", ranges[i], records[i].len());
+        if let Some(q) = queries.iter().find(|&&(i, a, b)| i >= records.len() || a >= b || b > records[i].len()) {
+            bail!("query {q:?} is empty or outside its record");
+        }
+        if queries.windows(2).any(|w| w[0].0 > w[1].0) {
+            bail!("queries must be sorted by record");
         }
         let hw = self.model.config.hidden_width();
         let pack = self.engine.supports_packing();
         let passes = self.passes();
         let mut first = 0;
+        let mut q0 = 0;
         let mut tokens = Vec::new();
         let mut sums = Vec::new();
         while first < records.len() {
@@ -249,37 +266,45 @@ impl<B: Backend> Embedder<B> {
                 end += 1;
             }
             let group = &records[first..end];
+            let q1 = q0 + queries[q0..].iter().take_while(|q| q.0 < end).count();
             let mut starts = Vec::with_capacity(group.len());
             let mut row = 0;
             for r in group {
                 starts.push(row);
                 row += r.len();
             }
-            sums.resize(group.len() * hw, 0.0);
-            for &pass in &passes {
-                tokens.clear();
-                let mut at = Vec::with_capacity(group.len());
-                for ((r, &s), &(a, b)) in group.iter().zip(&starts).zip(&ranges[first..end]) {
-                    if pass.rc {
-                        // each record's reverse complement in its own slot
-                        tokens.extend(tokenizer::reverse_complement(r, &self.model.weights.complement));
-                        at.push((s + r.len() - b, s + r.len() - a));
-                    } else {
-                        tokens.extend_from_slice(r);
-                        at.push((s + a, s + b));
+            if q1 > q0 {
+                sums.resize((q1 - q0) * hw, 0.0);
+                for &pass in &passes {
+                    tokens.clear();
+                    for r in group {
+                        if pass.rc {
+                            // each record's reverse complement in its own slot
+                            tokens.extend(tokenizer::reverse_complement(r, &self.model.weights.complement));
+                        } else {
+                            tokens.extend_from_slice(r);
+                        }
                     }
-                }
-                if group.len() == 1 {
-                    self.engine.run(&tokens)?;
-                } else {
-                    self.engine.run_packed(&tokens, &starts)?;
-                }
-                self.engine.sum_rows(&at, &mut sums)?;
-                for (k, h) in sums.chunks(hw).enumerate() {
-                    each(first + k, pass, h);
+                    let at: Vec<(usize, usize)> = queries[q0..q1]
+                        .iter()
+                        .map(|&(i, a, b)| {
+                            let (s, n) = (starts[i - first], records[i].len());
+                            if pass.rc { (s + n - b, s + n - a) } else { (s + a, s + b) }
+                        })
+                        .collect();
+                    if group.len() == 1 {
+                        self.engine.run(&tokens)?;
+                    } else {
+                        self.engine.run_packed(&tokens, &starts)?;
+                    }
+                    self.engine.sum_rows(&at, &mut sums)?;
+                    for (k, h) in sums.chunks(hw).enumerate() {
+                        each(q0 + k, pass, h);
+                    }
                 }
             }
             first = end;
+            q0 = q1;
         }
         Ok(())
     }

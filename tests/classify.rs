@@ -438,3 +438,54 @@ fn cpu_and_gpu_agree() {
         }
     }
 }
+
+/// Read-level backbone features (mean and segment means) through `read` (range sums per
+/// tile) and `read_batch` (records batched) against per-position rows averaged here, for
+/// records shorter than the number of segments, records that need several tiles, and both
+/// strands on Ph and PS models.
+#[test]
+fn read_features_are_means_of_position_rows() {
+    use dna_mamba::backend::cpu::Cpu;
+    use dna_mamba::embed::{Embedder, Feature, Strand};
+    use dna_mamba::heads::features::{BackboneFeatures, Featurizer};
+    let lens = [1usize, 2, 5, 150, 7, 1300];
+    for m in ["ph", "ps"] {
+        let model = load(m);
+        let seqs: Vec<Vec<u8>> = lens.iter().enumerate().map(|(i, &n)| random_dna(n, 70 + i as u64)).collect();
+        let toks: Vec<Vec<u8>> = seqs.iter().map(|s| dna_mamba::variants::tokens(s)).collect();
+        for pooling in [Pooling::Mean, Pooling::Bins(3), Pooling::Bins(8)] {
+            let (context, overlap) = (512, 128);
+            let emb = Embedder::new(Cpu::new(model.clone()), model.clone(), Strand::Both, Feature::Hidden, context, overlap).unwrap();
+            let mut f = BackboneFeatures::new(emb, pooling);
+            let width = model.config.d_model;
+            let mut batch = Vec::new();
+            let short: Vec<&[u8]> = toks.iter().filter(|t| t.len() <= context).map(|t| t.as_slice()).collect();
+            f.read_batch(&short, &mut batch).unwrap();
+            let mut short_rows = batch.chunks(f.dim());
+            for (seq, t) in seqs.iter().zip(&toks) {
+                let rows = common::run(&model, seq, Strand::Both, Feature::Hidden, 1024, true, context, overlap, true);
+                let bins = match pooling {
+                    Pooling::Bins(n) => n,
+                    _ => 1,
+                };
+                let mut want = Vec::new();
+                for b in 0..bins {
+                    let ps: Vec<usize> = (0..t.len()).filter(|p| p * bins / t.len() == b).collect();
+                    let ps = if ps.is_empty() { (0..t.len()).collect() } else { ps };
+                    for c in 0..width {
+                        want.push((ps.iter().map(|&p| rows[p * width + c] as f64).sum::<f64>() / ps.len() as f64) as f32);
+                    }
+                }
+                let mut got = Vec::new();
+                f.read(t, &mut got, &mut |_| {}).unwrap();
+                let e = rel_err(&got, &want);
+                assert!(e <= 1e-5, "{m} {pooling:?} len {}: read vs position rows {e:.2e}", t.len());
+                if t.len() <= context {
+                    let g = short_rows.next().unwrap();
+                    let e = rel_err(g, &want);
+                    assert!(e <= 1e-5, "{m} {pooling:?} len {}: read_batch vs position rows {e:.2e}", t.len());
+                }
+            }
+        }
+    }
+}

@@ -202,22 +202,67 @@ impl Plan<'_> {
         let mut scratch = Scratch::default();
         let mut probs = Vec::new();
         let mut num = ryu::Buffer::new();
-        for_each_record(&self.a.inputs, self.a.common.skip_bad, totals, tokens, &mut |id, toks| {
-            feats.read(toks, &mut x, &mut |n| progress.bases(n))?;
+        // one output row: id, length, then each head's label and probabilities
+        let mut write = |w: &mut csv::Writer<Output>, id: &str, len: usize, x: &[f32]| -> Result<()> {
             w.write_field(id)?;
-            w.write_field(toks.len().to_string())?;
+            w.write_field(len.to_string())?;
             for h in heads {
                 probs.resize(h.n_labels(), 0.0);
-                h.predict(&x, &mut scratch, &mut probs);
+                h.predict(x, &mut scratch, &mut probs);
                 w.write_field(&h.meta.labels[argmax(&probs)])?;
                 for p in &probs {
                     w.write_field(num.format(*p))?;
                 }
             }
             w.write_record(None::<&[u8]>)?;
+            Ok(())
+        };
+        // short records go to the featurizer in batches where it takes them (packed on a GPU)
+        let limit = feats.batch_limit();
+        let dim = feats.dim();
+        let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut bases = 0;
+        type Write<'w> = dyn FnMut(&mut csv::Writer<Output>, &str, usize, &[f32]) -> Result<()> + 'w;
+        let flush = |batch: &mut Vec<(String, Vec<u8>)>,
+                     feats: &mut dyn Featurizer,
+                     w: &mut csv::Writer<Output>,
+                     progress: &mut Progress,
+                     x: &mut Vec<f32>,
+                     write: &mut Write|
+         -> Result<()> {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            x.clear();
+            let refs: Vec<&[u8]> = batch.iter().map(|(_, t)| t.as_slice()).collect();
+            feats.read_batch(&refs, x).with_context(|| format!("a batch of {} records ('{}' to '{}')", batch.len(), batch[0].0, batch[batch.len() - 1].0))?;
+            for ((id, t), row) in batch.iter().zip(x.chunks(dim)) {
+                write(w, id, t.len(), row)?;
+                progress.record_done(t.len());
+            }
+            batch.clear();
+            Ok(())
+        };
+        let mut row = Vec::new();
+        for_each_record(&self.a.inputs, self.a.common.skip_bad, totals, tokens, &mut |id, toks| {
+            if limit.is_some_and(|l| toks.len() <= l) {
+                if bases + toks.len() > crate::embed::PACK_BASES {
+                    flush(&mut batch, feats, &mut w, progress, &mut x, &mut write)?;
+                    bases = 0;
+                }
+                batch.push((id.to_string(), toks.to_vec()));
+                bases += toks.len();
+                return Ok(());
+            }
+            // a long record: the pending short ones go first, to keep the input order
+            flush(&mut batch, feats, &mut w, progress, &mut x, &mut write)?;
+            bases = 0;
+            feats.read(toks, &mut row, &mut |n| progress.bases(n))?;
+            write(&mut w, id, toks.len(), &row)?;
             progress.record_done(toks.len());
             Ok(())
         })?;
+        flush(&mut batch, feats, &mut w, progress, &mut x, &mut write)?;
         w.into_inner().map_err(|e| anyhow::Error::new(e.into_error()))
     }
 

@@ -19,11 +19,7 @@ use crate::model::Model;
 use crate::progress::Progress;
 use crate::sinks::{Csv, Mean, PositionCsv, RawRows, Windows};
 
-/// Bases per packed context. On backends that pack records (the GPU), pooled means of
-/// records that fit one context are computed with several records packed into one context
-/// (short reads fill the device together) and summed on the device. 131,072 keeps a packed
-/// context within the CUDA backend's cap for sharing in/out projections between directions.
-const PACK_BASES: usize = 131_072;
+use crate::embed::PACK_BASES;
 
 /// Pending short records for one packed context, written in input order.
 #[derive(Default)]

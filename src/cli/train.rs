@@ -516,12 +516,34 @@ fn featurize(a: &TrainArgs, data: &Data, f: &mut dyn Featurizer) -> Result<(Matr
         let mut row = Vec::new();
         match split {
             Split::Reads(recs) => {
-                for r in recs {
-                    f.read(&r.tokens, &mut row, &mut |n| progress.bases(n)).with_context(|| format!("record '{}'", r.id))?;
-                    m.x.extend_from_slice(&row);
-                    m.y.push(index[r.label.as_str()]);
-                    m.names.push((r.id.clone(), None));
-                    progress.record_done(r.tokens.len());
+                // short records in batches where the featurizer takes them (packed on a GPU)
+                let limit = f.batch_limit();
+                let mut i = 0;
+                while i < recs.len() {
+                    let mut end = i;
+                    let mut bases = 0;
+                    while end < recs.len()
+                        && limit.is_some_and(|l| recs[end].tokens.len() <= l)
+                        && (end == i || bases + recs[end].tokens.len() <= crate::embed::PACK_BASES)
+                    {
+                        bases += recs[end].tokens.len();
+                        end += 1;
+                    }
+                    if end > i {
+                        let refs: Vec<&[u8]> = recs[i..end].iter().map(|r| r.tokens.as_slice()).collect();
+                        f.read_batch(&refs, &mut m.x).with_context(|| format!("records '{}' to '{}'", recs[i].id, recs[end - 1].id))?;
+                    } else {
+                        let r = &recs[i];
+                        f.read(&r.tokens, &mut row, &mut |n| progress.bases(n)).with_context(|| format!("record '{}'", r.id))?;
+                        m.x.extend_from_slice(&row);
+                        end = i + 1;
+                    }
+                    for r in &recs[i..end] {
+                        m.y.push(index[r.label.as_str()]);
+                        m.names.push((r.id.clone(), None));
+                        progress.record_done(r.tokens.len());
+                    }
+                    i = end;
                 }
             }
             Split::Genome(stretches) => {

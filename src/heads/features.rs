@@ -16,6 +16,21 @@ pub trait Featurizer {
     fn describe(&self) -> String;
     /// Read level: one vector for the record.
     fn read(&mut self, tokens: &[u8], out: &mut Vec<f32>, progress: &mut dyn FnMut(usize)) -> Result<()>;
+    /// The longest record `read_batch` takes, or `None` where batching gains nothing (then
+    /// callers use `read`, one record at a time).
+    fn batch_limit(&self) -> Option<usize> {
+        None
+    }
+    /// Read level, several records (each within `batch_limit`) at once: their vectors
+    /// appended to `out` in order, equal to what `read` gives for each.
+    fn read_batch(&mut self, records: &[&[u8]], out: &mut Vec<f32>) -> Result<()> {
+        let mut row = Vec::new();
+        for r in records {
+            self.read(r, &mut row, &mut |_| {})?;
+            out.extend_from_slice(&row);
+        }
+        Ok(())
+    }
     /// Position level: every position's vector, in order.
     fn positions(&mut self, tokens: &[u8], emit: &mut dyn FnMut(usize, &[f32]) -> Result<()>, progress: &mut dyn FnMut(usize)) -> Result<()>;
     /// Position level: the vectors of the ascending positions `at`, appended to `out`.
@@ -60,6 +75,34 @@ impl<B: Backend> Featurizer for BackboneFeatures<B> {
         let mut pool = ReadPool::new(self.pooling, tokens.len(), self.emb.width());
         self.emb.record(tokens, &mut pool, progress)?;
         pool.finish(out);
+        Ok(())
+    }
+    fn batch_limit(&self) -> Option<usize> {
+        // a GPU packs short records into one context; the CPU gains nothing from batches
+        self.emb.engine().supports_packing().then_some(self.emb.context)
+    }
+    fn read_batch(&mut self, records: &[&[u8]], out: &mut Vec<f32>) -> Result<()> {
+        let width = self.emb.width();
+        let mut pools: Vec<ReadPool> = records.iter().map(|r| ReadPool::new(self.pooling, r.len(), width)).collect();
+        let mut queries = Vec::new();
+        let mut bins = Vec::new();
+        for (i, pool) in pools.iter().enumerate() {
+            for (b, (s, e)) in pool.bin_ranges().into_iter().enumerate() {
+                if s < e {
+                    queries.push((i, s, e));
+                    bins.push(b);
+                }
+            }
+        }
+        let sums = self.emb.query_sums(records, &queries, crate::embed::PACK_BASES)?;
+        for ((&(i, _, _), &b), sum) in queries.iter().zip(&bins).zip(&sums) {
+            pools[i].add_bin_sum(b, sum);
+        }
+        let mut row = Vec::new();
+        for pool in &pools {
+            pool.finish(&mut row);
+            out.extend_from_slice(&row);
+        }
         Ok(())
     }
     fn positions(&mut self, tokens: &[u8], emit: &mut dyn FnMut(usize, &[f32]) -> Result<()>, progress: &mut dyn FnMut(usize)) -> Result<()> {

@@ -14,6 +14,8 @@ pub struct ReadPool {
     bins: usize,
     width: usize,
     sum: Vec<f64>,
+    /// Segments of the ranges of the last `ranges` call.
+    asked: Vec<usize>,
 }
 
 impl ReadPool {
@@ -22,7 +24,7 @@ impl ReadPool {
             Pooling::Bins(n) => n,
             _ => 1,
         };
-        ReadPool { len, bins, width, sum: vec![0.0; bins * width] }
+        ReadPool { len, bins, width, sum: vec![0.0; bins * width], asked: Vec::new() }
     }
 
     pub fn dim(pooling: Pooling, width: usize) -> usize {
@@ -34,6 +36,18 @@ impl ReadPool {
 
     fn bin(&self, pos: usize) -> usize {
         pos * self.bins / self.len.max(1)
+    }
+
+    /// The positions of each segment (`bin(p) == b` exactly for `p` in range `b`; empty
+    /// where a record is shorter than the number of segments).
+    pub fn bin_ranges(&self) -> Vec<(usize, usize)> {
+        let first = |b: usize| (b * self.len).div_ceil(self.bins);
+        (0..self.bins).map(|b| (first(b), first(b + 1))).collect()
+    }
+
+    /// Adds a sum of rows over segment `b`'s positions.
+    pub fn add_bin_sum(&mut self, b: usize, sum: &[f64]) {
+        self.sum[b * self.width..(b + 1) * self.width].iter_mut().zip(sum).for_each(|(s, v)| *s += v);
     }
 
     /// The feature vector (a segment with no positions, in a record shorter than the number
@@ -60,6 +74,23 @@ impl ReadPool {
 impl Sink for ReadPool {
     fn linear(&self) -> bool {
         true
+    }
+    fn ranges(&mut self, lo: usize, hi: usize) -> Option<Vec<(usize, usize)>> {
+        self.asked.clear();
+        let mut out = Vec::new();
+        for (b, (s, e)) in self.bin_ranges().into_iter().enumerate() {
+            let (s, e) = (s.max(lo), e.min(hi));
+            if s < e {
+                self.asked.push(b);
+                out.push((s, e));
+            }
+        }
+        Some(out)
+    }
+    fn add_sum(&mut self, k: usize, sum: &[f64], weight: f64) -> Result<()> {
+        let b = self.asked[k];
+        self.sum[b * self.width..(b + 1) * self.width].iter_mut().zip(sum).for_each(|(s, v)| *s += weight * v);
+        Ok(())
     }
     fn add(&mut self, pos: usize, row: &[f32], weight: f32) -> Result<()> {
         let b = self.bin(pos);
