@@ -650,3 +650,36 @@ fn window_and_mean_sums_on_the_device_match_cpu() {
         }
     }
 }
+
+#[test]
+fn batched_read_features_match_cpu() {
+    if !gpu("batched_read_features_match_cpu") {
+        return;
+    }
+    // classify/train read level: BackboneFeatures::read_batch on the GPU (records packed,
+    // segment sums on the device) against `read` one record at a time on the CPU.
+    use dna_mamba::heads::features::{BackboneFeatures, Featurizer};
+    use dna_mamba::heads::Pooling;
+    let lens = [1usize, 2, 5, 150, 7, 600, 151, 60, 60, 3];
+    for (kind, seed) in [(Kind::Ph, 97), (Kind::Ps, 98)] {
+        let model = random_model(kind, 24, 2, true, seed);
+        let recs: Vec<Vec<u8>> = lens.iter().enumerate().map(|(i, &n)| random_tokens(n, seed * 10 + i as u64).iter().map(|t| 7 + t % 4).collect()).collect();
+        let refs: Vec<&[u8]> = recs.iter().map(|r| r.as_slice()).collect();
+        for pooling in [Pooling::Mean, Pooling::Bins(6)] {
+            let cpu_emb = Embedder::new(Cpu::new(model.clone()), model.clone(), Strand::Both, Feature::Hidden, 1000, 250).unwrap();
+            let mut cpu = BackboneFeatures::new(cpu_emb, pooling);
+            let backend = Cuda::with_options(model.clone(), 0, cuda::DEFAULT_CHUNK, Precision::F32).unwrap();
+            let mut gpu = BackboneFeatures::new(Embedder::new(backend, model.clone(), Strand::Both, Feature::Hidden, 1000, 250).unwrap(), pooling);
+            assert_eq!(gpu.batch_limit(), Some(1000));
+            let mut got = Vec::new();
+            gpu.read_batch(&refs, &mut got).unwrap();
+            let mut want = Vec::new();
+            let mut row = Vec::new();
+            for r in &refs {
+                cpu.read(r, &mut row, &mut |_| {}).unwrap();
+                want.extend_from_slice(&row);
+            }
+            assert_close(&got, &want, &format!("{kind:?} {pooling:?} batched read features"));
+        }
+    }
+}
