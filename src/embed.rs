@@ -65,6 +65,16 @@ pub const PACK_BASES: usize = 131_072;
 /// A range of one record in a batch: (record index, first position, end position).
 pub type Query = (usize, usize, usize);
 
+/// `out += w ×` the hidden-state feature (`--strand` view) of a sum of hidden rows `h`:
+/// the feature is linear in the row, so sums map like rows.
+fn add_hidden_feature(rcps: bool, strand: Strand, d: usize, h: &[f64], w: f64, out: &mut [f64]) {
+    match (rcps, strand) {
+        (true, Strand::Rc) => out.iter_mut().enumerate().for_each(|(c, o)| *o += w * h[2 * d - 1 - c]),
+        (true, Strand::Both) => out.iter_mut().enumerate().for_each(|(c, o)| *o += w * 0.5 * (h[c] + h[2 * d - 1 - c])),
+        _ => out.iter_mut().zip(h).for_each(|(o, v)| *o += w * v),
+    }
+}
+
 /// One run of the model over a tile: on the reverse complement or not, and its weight.
 #[derive(Clone, Copy)]
 struct Pass {
@@ -154,13 +164,7 @@ impl<B: Backend> Embedder<B> {
 
     /// `out += w ×` the hidden-state feature of a sum of hidden rows `h` (linear in the row).
     fn add_hidden_feature(&self, h: &[f64], w: f64, out: &mut [f64]) {
-        let cfg = &self.model.config;
-        let d = cfg.d_model;
-        match (cfg.rcps, self.strand) {
-            (true, Strand::Rc) => out.iter_mut().enumerate().for_each(|(c, o)| *o += w * h[2 * d - 1 - c]),
-            (true, Strand::Both) => out.iter_mut().enumerate().for_each(|(c, o)| *o += w * 0.5 * (h[c] + h[2 * d - 1 - c])),
-            _ => out.iter_mut().zip(h).for_each(|(o, v)| *o += w * v),
-        }
+        add_hidden_feature(self.model.config.rcps, self.strand, self.model.config.d_model, h, w, out)
     }
 
     /// Whether `pooled_packed` packs: the backend packs records into one context and the
@@ -197,13 +201,9 @@ impl<B: Backend> Embedder<B> {
         if self.feature != Feature::Hidden {
             bail!("range sums are of hidden states, not logits");
         }
-        let width = self.width();
-        let mut hidden: Vec<(usize, Pass, Vec<f64>)> = Vec::new();
-        self.pass_sums(records, queries, pack_bases, |q, pass, h| hidden.push((q, pass, h.to_vec())))?;
-        let mut sums = vec![vec![0.0f64; width]; queries.len()];
-        for (q, pass, h) in hidden {
-            self.add_hidden_feature(&h, pass.weight as f64, &mut sums[q]);
-        }
+        let (rcps, strand, d) = (self.model.config.rcps, self.strand, self.model.config.d_model);
+        let mut sums = vec![vec![0.0f64; self.width()]; queries.len()];
+        self.pass_sums(records, queries, pack_bases, |q, pass, h| add_hidden_feature(rcps, strand, d, h, pass.weight as f64, &mut sums[q]))?;
         Ok(sums)
     }
 

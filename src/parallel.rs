@@ -93,7 +93,7 @@ pub fn pooled_means<B: Backend>(
                 }
                 Ok(())
             };
-            feed(&mut |id, tokens| {
+            let fed = feed(&mut |id, tokens| {
                 let short = pack_bases > 0 && tokens.len() <= context;
                 if !short || bases + tokens.len() > pack_bases {
                     send(&mut batch, seq)?;
@@ -111,8 +111,10 @@ pub fn pooled_means<B: Backend>(
                     order.take(r, emit)?;
                 }
                 Ok(())
-            })?;
-            send(&mut batch, seq)
+            });
+            // records read before an input error are still computed and written
+            let sent = send(&mut batch, seq);
+            fed.and(sent)
         })();
         drop(job_tx);
         // a failed worker stops the run; its error explains more than "all workers stopped"
@@ -193,6 +195,23 @@ mod tests {
             pooled_means(&make, workers, &model, Strand::Both, 1024, 256, pack, &mut feed, &mut emit).unwrap();
             out
         };
+        // an input error part-way: the records read before it are still emitted, in order
+        for (workers, pack) in [(1, 0), (2, 400), (1, 100_000)] {
+            let mut out = Vec::new();
+            let mut feed = |send: &mut dyn FnMut(&str, &[u8]) -> Result<()>| -> Result<()> {
+                for (id, t) in &recs[..5] {
+                    send(id, t)?;
+                }
+                anyhow::bail!("bad record 6")
+            };
+            let mut emit = |id: &str, _: usize, _: &[f32]| -> Result<()> {
+                out.push(id.to_string());
+                Ok(())
+            };
+            let r = pooled_means(&make, workers, &model, Strand::Both, 1024, 256, pack, &mut feed, &mut emit);
+            assert!(r.unwrap_err().to_string().contains("bad record 6"));
+            assert_eq!(out, ["r0", "r1", "r2", "r3", "r4"], "workers {workers} pack {pack}");
+        }
         let want = run(1, 0);
         assert_eq!(want.len(), recs.len());
         assert!(want.iter().zip(&recs).all(|(w, r)| w.0 == r.0 && w.1 == r.1.len()));

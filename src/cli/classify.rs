@@ -244,7 +244,7 @@ impl Plan<'_> {
             Ok(())
         };
         let mut row = Vec::new();
-        for_each_record(&self.a.inputs, self.a.common.skip_bad, totals, tokens, &mut |id, toks| {
+        let read = for_each_record(&self.a.inputs, self.a.common.skip_bad, totals, tokens, &mut |id, toks| {
             if limit.is_some_and(|l| toks.len() <= l) {
                 if bases + toks.len() > crate::embed::PACK_BASES {
                     flush(&mut batch, feats, &mut w, progress, &mut x, &mut write)?;
@@ -261,8 +261,11 @@ impl Plan<'_> {
             write(&mut w, id, toks.len(), &row)?;
             progress.record_done(toks.len());
             Ok(())
-        })?;
-        flush(&mut batch, feats, &mut w, progress, &mut x, &mut write)?;
+        });
+        // records read before an input error are still classified and written
+        let flushed = flush(&mut batch, feats, &mut w, progress, &mut x, &mut write);
+        read?;
+        flushed?;
         w.into_inner().map_err(|e| anyhow::Error::new(e.into_error()))
     }
 

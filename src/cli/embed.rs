@@ -203,7 +203,7 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
             let pack = a.pool == Pool::Mean && a.window.is_none() && emb.can_pack();
             let pack_max = emb.context;
             let mut packed = Packed::default();
-            each_input(a, &mut totals, &mut tokens, &mut |id, toks, offset| {
+            let read = each_input(a, &mut totals, &mut tokens, &mut |id, toks, offset| {
                 if pack {
                     if toks.len() <= pack_max {
                         if packed.bases + toks.len() > PACK_BASES {
@@ -234,8 +234,11 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
                     progress.warn(&format!("done: {id} ({} bases)", toks.len()));
                 }
                 Ok(())
-            })?;
-            packed.flush(&mut emb, &mut csv, &mut progress, a.common.verbose)?;
+            });
+            // records read before an input error are still computed and written
+            let flushed = packed.flush(&mut emb, &mut csv, &mut progress, a.common.verbose);
+            read?;
+            flushed?;
             if totals.records == 0 && !a.common.quiet {
                 progress.warn("warning: the input has no records; wrote a header only");
             }
