@@ -350,8 +350,9 @@ impl<B: Backend> Embedder<B> {
             let kept = keep_end - keep_start;
             let ranges = if self.feature == Feature::Hidden { sink.ranges(keep_start, keep_end) } else { None };
             if let Some(ranges) = ranges {
-                // sums over the sink's ranges, taken by the backend (on the device for a GPU)
-                for pass in &passes {
+                // sums over the sink's ranges, taken by the backend (on the device for a GPU);
+                // a tile whose kept positions no range needs (gaps between windows) is not run
+                for pass in passes.iter().filter(|_| !ranges.is_empty()) {
                     let ctx = &tokens[start..end];
                     if pass.rc {
                         self.engine.run(&tokenizer::reverse_complement(ctx, &self.model.weights.complement))?;
