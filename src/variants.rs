@@ -9,6 +9,8 @@
 //! - `cos`, `l2`: distance between the mean strand-averaged hidden states of the reference and
 //!   alternate windows over the `embed_window` bases centred on the variant.
 
+use std::collections::HashMap;
+
 use anyhow::Result;
 
 use crate::backend::Backend;
@@ -99,39 +101,52 @@ impl<B: Backend> Scorer<B> {
     /// reference window and of each alternate window, over the `embed_window` bases centred
     /// on the variant; all windows of the batch run together.
     pub fn embedding_distance(&mut self, windows: &[Window]) -> Result<Vec<Vec<(f32, f32)>>> {
+        // each distinct (sequence, range) runs once: records at the same position (one per
+        // ALT, or a VCF listing a site twice) share their reference window
+        let mut index: HashMap<(Vec<u8>, (usize, usize)), usize> = HashMap::new();
         let mut seqs: Vec<Vec<u8>> = Vec::new();
         let mut ranges = Vec::new();
+        let mut slot = |t: Vec<u8>, range: (usize, usize), seqs: &mut Vec<Vec<u8>>, ranges: &mut Vec<(usize, usize)>| -> usize {
+            *index.entry((t, range)).or_insert_with_key(|(t, range)| {
+                seqs.push(t.clone());
+                ranges.push(*range);
+                seqs.len() - 1
+            })
+        };
         let h = self.embed_window / 2;
+        let mut slots: Vec<(usize, Vec<usize>)> = Vec::with_capacity(windows.len());
         for w in windows {
             let range = (w.center.saturating_sub(h), (w.center + h + 1).min(w.tokens.len()));
-            seqs.push(w.tokens.clone());
-            ranges.push(range);
-            for &a in &w.alt_cols {
-                let mut t = w.tokens.clone();
-                t[w.center] = ACGT[a];
-                seqs.push(t);
-                ranges.push(range);
-            }
+            let r = slot(w.tokens.clone(), range, &mut seqs, &mut ranges);
+            let alts = w
+                .alt_cols
+                .iter()
+                .map(|&a| {
+                    let mut t = w.tokens.clone();
+                    t[w.center] = ACGT[a];
+                    slot(t, range, &mut seqs, &mut ranges)
+                })
+                .collect();
+            slots.push((r, alts));
         }
         self.emb.set_output(Strand::Both, Feature::Hidden)?;
         self.fit_context(windows);
         let refs: Vec<&[u8]> = seqs.iter().map(|t| t.as_slice()).collect();
         let sums = self.emb.range_sums(&refs, &ranges, self.pack_bases)?;
-        let mut sums = sums.into_iter();
         Ok(windows
             .iter()
-            .map(|w| {
+            .zip(&slots)
+            .map(|(w, (r, alts))| {
                 // the ranges of a variant's windows are equal: compare sums, not means
-                let r = sums.next().expect("one sum per window");
-                w.alt_cols
-                    .iter()
-                    .map(|_| {
-                        let a = sums.next().expect("one sum per window");
-                        let n = ranges_len(w, h) as f64;
-                        let dot: f64 = r.iter().zip(&a).map(|(x, y)| x * y).sum();
+                let r = &sums[*r];
+                let n = ranges_len(w, h) as f64;
+                alts.iter()
+                    .map(|&k| {
+                        let a = &sums[k];
+                        let dot: f64 = r.iter().zip(a).map(|(x, y)| x * y).sum();
                         let nr = r.iter().map(|x| x * x).sum::<f64>().sqrt();
                         let na = a.iter().map(|x| x * x).sum::<f64>().sqrt();
-                        let l2 = r.iter().zip(&a).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt() / n;
+                        let l2 = r.iter().zip(a).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt() / n;
                         ((dot / (nr * na).max(1e-30)) as f32, l2 as f32)
                     })
                     .collect()

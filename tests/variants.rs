@@ -142,6 +142,10 @@ fn batched_window_scores_match_each_window_alone() {
                 Window { tokens, center, ref_col, alt_cols }
             })
             .collect();
+        // the same site again (another ALT, and an exact repeat): shared windows run once
+        let mut windows = windows;
+        windows.push(Window { alt_cols: vec![2], ..windows[0].clone() });
+        windows.push(windows[2].clone());
         let emb = Embedder::new(Cpu::new(model.clone()), model.clone(), Strand::Both, Feature::Logits, 4096, 0).unwrap();
         let (score_context, embed_window) = (101, 31);
         let mut scorer = Scorer::new(emb, score_context, embed_window);
