@@ -309,6 +309,15 @@ impl<B: Backend> Embedder<B> {
         Ok(())
     }
 
+    /// Run one context as it is, or its reverse complement (`rc`).
+    fn run_pass(&mut self, ctx: &[u8], rc: bool) -> Result<()> {
+        if rc {
+            self.engine.run(&tokenizer::reverse_complement(ctx, &self.model.weights.complement))
+        } else {
+            self.engine.run(ctx)
+        }
+    }
+
     /// Run one tokenized record through every tile and pass into `sink`.
     /// `progress` is called with the number of bases finished so far.
     pub fn record(&mut self, tokens: &[u8], sink: &mut dyn Sink, progress: &mut dyn FnMut(usize)) -> Result<()> {
@@ -353,12 +362,7 @@ impl<B: Backend> Embedder<B> {
                 // sums over the sink's ranges, taken by the backend (on the device for a GPU);
                 // a tile whose kept positions no range needs (gaps between windows) is not run
                 for pass in passes.iter().filter(|_| !ranges.is_empty()) {
-                    let ctx = &tokens[start..end];
-                    if pass.rc {
-                        self.engine.run(&tokenizer::reverse_complement(ctx, &self.model.weights.complement))?;
-                    } else {
-                        self.engine.run(ctx)?;
-                    }
+                    self.run_pass(&tokens[start..end], pass.rc)?;
                     let local: Vec<(usize, usize)> = ranges
                         .iter()
                         .map(|&(a, b)| if pass.rc { (end - b, end - a) } else { (a - start, b - start) })
@@ -381,12 +385,7 @@ impl<B: Backend> Embedder<B> {
                 held.resize(kept * width, 0.0);
             }
             for (pi, pass) in passes.iter().enumerate() {
-                let ctx = &tokens[start..end];
-                if pass.rc {
-                    self.engine.run(&tokenizer::reverse_complement(ctx, &self.model.weights.complement))?;
-                } else {
-                    self.engine.run(ctx)?;
-                }
+                self.run_pass(&tokens[start..end], pass.rc)?;
                 // kept positions in forward order; in the rc pass they sit at t-1-i
                 const BLOCK: usize = 4096;
                 let mut done = 0;

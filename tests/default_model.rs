@@ -23,13 +23,7 @@ fn fixture() -> PathBuf {
 }
 
 fn inputs() -> Vec<(String, Vec<u8>)> {
-    let mut r = needletail::parse_fastx_file(fixture().join("inputs.fa")).unwrap();
-    let mut out = Vec::new();
-    while let Some(rec) = r.next() {
-        let rec = rec.unwrap();
-        out.push((String::from_utf8(rec.id().to_vec()).unwrap(), rec.seq().to_vec()));
-    }
-    out
+    common::inputs_in(&fixture())
 }
 
 fn expected(key: &str) -> (Vec<usize>, Vec<f32>) {

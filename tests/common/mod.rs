@@ -14,7 +14,12 @@ pub fn fixtures() -> PathBuf {
 
 /// (id, sequence) of tests/fixtures/inputs.fa.
 pub fn inputs() -> Vec<(String, Vec<u8>)> {
-    let mut r = needletail::parse_fastx_file(fixtures().join("inputs.fa")).unwrap();
+    inputs_in(&fixtures())
+}
+
+/// (id, sequence) of `dir`/inputs.fa.
+pub fn inputs_in(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut r = needletail::parse_fastx_file(dir.join("inputs.fa")).unwrap();
     let mut out = Vec::new();
     while let Some(rec) = r.next() {
         let rec = rec.unwrap();
