@@ -104,7 +104,7 @@ impl Tiles {
 pub fn run(cli: Cli) -> Result<()> {
     let common = match &cli.command {
         Command::Embed(a) => Some(&a.common),
-        Command::Info(a) => Some(&a.common),
+        Command::Info(_) => None,
         Command::ScoreVariants(a) => Some(&a.common),
         Command::Faidx(_) => None,
         Command::Classify(a) => Some(&a.common),
@@ -126,8 +126,18 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// How a value of a `--flag` enum is spelled on the command line, for messages (never the
+/// Rust name of the variant).
+pub fn flag_value<T: clap::ValueEnum>(v: &T) -> String {
+    v.to_possible_value().map(|p| p.get_name().to_string()).unwrap_or_default()
+}
+
 pub(crate) fn load_model(common: &Common) -> Result<Arc<Model>> {
-    let m = match &common.model {
+    load_model_from(common.model.as_deref())
+}
+
+pub(crate) fn load_model_from(dir: Option<&std::path::Path>) -> Result<Arc<Model>> {
+    let m = match dir {
         Some(dir) => Model::load(dir).with_context(|| format!("model {}", dir.display()))?,
         None => crate::model::default::load().context("the built-in default model")?,
     };

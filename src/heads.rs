@@ -11,16 +11,14 @@
 //! hidden layer). Probabilities are `softmax(net((x - mu) / sd))`.
 //!
 //! Submodules: `fit` (optimisers), `metrics` (held-out scores), `kmer` (the baseline
-//! features), `pool` (backbone rows to features), `features` (one trait over both sources),
-//! `bed` (per-base label and probability writers), `labels` (label tables, BED/GFF intervals).
+//! features), `features` (one trait over both sources; the pooling itself is `crate::pool`),
+//! `labels` (label tables, BED/GFF intervals).
 
-pub mod bed;
 pub mod features;
 pub mod fit;
 pub mod kmer;
 pub mod labels;
 pub mod metrics;
-pub mod pool;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -333,7 +331,7 @@ impl Head {
             bail!("a head needs at least two labels");
         }
         if m.features.pooling.level() != m.level {
-            bail!("pooling {} does not fit level {:?}", m.features.pooling, m.level);
+            bail!("pooling {} does not fit level {}", m.features.pooling, crate::cli::flag_value(&m.level));
         }
         if self.mu.len() != d || self.sd.len() != d {
             bail!("mu/sd have {} and {} values, features have {d}", self.mu.len(), self.sd.len());
@@ -349,7 +347,7 @@ impl Head {
             }
         };
         if !ok || m.kind != self.net.kind() {
-            bail!("weights do not match {} labels x {d} features ({:?})", c, m.kind);
+            bail!("weights do not match {} labels x {d} features ({})", c, crate::cli::flag_value(&m.kind));
         }
         let all = [&self.mu, &self.sd];
         if all.iter().any(|v| v.iter().any(|x| !x.is_finite())) || !self.tensors().iter().all(|(_, _, v)| v.iter().all(|x| x.is_finite())) {
@@ -427,7 +425,7 @@ impl Head {
 
     pub fn save(&self, path: &Path) -> Result<()> {
         let bytes = self.to_bytes()?;
-        let mut f = crate::io::output::AtomicFile::create(path)?;
+        let mut f = crate::output::AtomicFile::create(path)?;
         std::io::Write::write_all(&mut f, &bytes)?;
         f.commit()
     }

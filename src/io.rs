@@ -1,7 +1,4 @@
 //! Reading sequences and writing results.
 
 pub mod fastx;
-pub mod npy;
-pub mod output;
 pub mod regions;
-pub mod st;

@@ -13,7 +13,7 @@ use anyhow::{anyhow, Result};
 use crate::backend::Backend;
 use crate::embed::{Embedder, Feature, Strand};
 use crate::model::Model;
-use crate::sinks::Mean;
+use crate::pool::ReadPool;
 
 /// A job: consecutive records, the first with sequence number `.0`.
 type Job = (usize, Vec<(String, Vec<u8>)>);
@@ -47,12 +47,12 @@ pub fn pooled_means<B: Backend>(
                     if batch.len() > 1 {
                         let refs: Vec<&[u8]> = batch.iter().map(|(_, t)| t.as_slice()).collect();
                         let sums = emb.pooled_packed(&refs, pack_bases)?;
-                        return Ok(sums.into_iter().zip(batch).map(|(sum, (_, t))| Mean { sum }.finish(t.len()).collect()).collect());
+                        return Ok(sums.iter().zip(batch).map(|(sum, (_, t))| ReadPool::mean_of(sum, t.len())).collect());
                     }
                     let tokens = &batch[0].1;
-                    let mut m = Mean::new(emb.width());
+                    let mut m = ReadPool::mean(tokens.len(), emb.width());
                     emb.record(tokens, &mut m, &mut |_| {})?;
-                    Ok(vec![m.finish(tokens.len()).collect()])
+                    Ok(vec![m.features()])
                 };
                 let mut emb = make(w).and_then(|b| Embedder::new(b, model.clone(), strand, Feature::Hidden, context, overlap));
                 loop {

@@ -19,7 +19,7 @@ use dna_mamba::backend::cuda::{self, Cuda};
 use dna_mamba::backend::{Backend, Precision};
 use dna_mamba::embed::{Embedder, Feature, Strand};
 use dna_mamba::model::forward::Engine;
-use dna_mamba::sinks::Mean;
+use dna_mamba::pool::ReadPool;
 use dna_mamba::model::Model;
 use safetensors::{tensor::TensorView, Dtype};
 
@@ -428,10 +428,10 @@ fn pooled_packed_matches_mean_per_record() {
             for pack in [1 << 20, 400, 1] {
                 let sums = gpu.pooled_packed(&refs, pack).unwrap();
                 for (k, r) in recs.iter().enumerate() {
-                    let mut m = Mean::new(cpu.width());
+                    let mut m = ReadPool::mean(r.len(), cpu.width());
                     cpu.record(r, &mut m, &mut |_| {}).unwrap();
-                    let want: Vec<f32> = m.finish(r.len()).collect();
-                    let got: Vec<f32> = Mean { sum: sums[k].clone() }.finish(r.len()).collect();
+                    let want: Vec<f32> = m.features();
+                    let got: Vec<f32> = ReadPool::mean_of(&sums[k], r.len());
                     assert_close(&got, &want, &format!("{kind:?} {strand:?} pack {pack} record {k} (len {})", r.len()));
                 }
             }
@@ -622,7 +622,8 @@ fn window_and_mean_sums_on_the_device_match_cpu() {
     // Sinks that take range sums (Mean, Windows): the GPU sums on the device per tile and
     // pass; the CPU reads the rows. Tiled records (context 1000, overlap 250), every strand,
     // overlapping windows (stride < window) and a partial last window.
-    use dna_mamba::sinks::{Csv, Windows};
+    use dna_mamba::output::csv::Csv;
+    use dna_mamba::pool::Windows;
     let values = |csv: Vec<u8>| -> Vec<f32> {
         String::from_utf8(csv).unwrap().lines().flat_map(|l| l.split(',').skip(3).map(|v| v.parse::<f32>().unwrap()).collect::<Vec<_>>()).collect()
     };
@@ -634,10 +635,10 @@ fn window_and_mean_sums_on_the_device_match_cpu() {
             let gpu_backend = Cuda::with_options(model.clone(), 0, cuda::DEFAULT_CHUNK, Precision::F32).unwrap();
             let mut gpu = Embedder::new(gpu_backend, model.clone(), strand, Feature::Hidden, 1000, 250).unwrap();
             let w = cpu.width();
-            let (mut mc, mut mg) = (Mean::new(w), Mean::new(w));
+            let (mut mc, mut mg) = (ReadPool::mean(tokens.len(), w), ReadPool::mean(tokens.len(), w));
             cpu.record(&tokens, &mut mc, &mut |_| {}).unwrap();
             gpu.record(&tokens, &mut mg, &mut |_| {}).unwrap();
-            let (want, got): (Vec<f32>, Vec<f32>) = (mc.finish(tokens.len()).collect(), mg.finish(tokens.len()).collect());
+            let (want, got): (Vec<f32>, Vec<f32>) = (mc.features(), mg.features());
             assert_close(&got, &want, &format!("{kind:?} {strand:?} mean"));
             for (window, stride) in [(500usize, 500usize), (300, 120), (1, 1)] {
                 let (mut oc, mut og) = (Csv::new(Vec::new()), Csv::new(Vec::new()));

@@ -12,12 +12,13 @@ use clap::{Args, ValueEnum};
 use super::{for_each_record, load_model, on_backend, Common, OnBackend, Totals, Tiles};
 use crate::backend::Backend;
 use crate::embed::{Embedder, Feature};
-use crate::heads::bed::{Bed, BedGraph, PositionWriter};
 use crate::heads::features::{BackboneFeatures, Featurizer, KmerFeatures};
 use crate::heads::metrics::argmax;
 use crate::heads::{self, Head, Level, Scratch, Source};
-use crate::io::output::Output;
 use crate::model::Model;
+use crate::output::bed::{Bed, BedGraph, PositionWriter};
+use crate::output::csv::Csv;
+use crate::output::Output;
 use crate::progress::Progress;
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,7 +170,7 @@ impl Plan<'_> {
         let started = Instant::now();
         let mut totals = Totals::default();
         let mut tokens = Vec::new();
-        let out = Output::open(a.out.as_deref())?;
+        let out = Output::open(a.out.as_deref(), &a.inputs)?;
         let out = match self.format {
             OutFormat::Csv => self.read_level(out, feats, &mut progress, &mut totals, &mut tokens)?,
             _ => self.position_level(out, feats, &mut progress, &mut totals, &mut tokens)?,
@@ -189,43 +190,38 @@ impl Plan<'_> {
 
     fn read_level(&self, out: Output, feats: &mut dyn Featurizer, progress: &mut Progress, totals: &mut Totals, tokens: &mut Vec<u8>) -> Result<Output> {
         let heads = self.heads;
-        let mut w = csv::WriterBuilder::new().flexible(false).from_writer(out);
-        let mut header = vec!["id".to_string(), "length".to_string()];
+        let mut w = Csv::new(out);
         let prefix = |h: &Head| if heads.len() > 1 { format!("{}.", h.meta.task) } else { String::new() };
+        let mut cols = Vec::new();
         for h in heads {
             let p = prefix(h);
-            header.push(format!("{p}label"));
-            header.extend(h.meta.labels.iter().map(|l| format!("{p}p_{l}")));
+            cols.push(format!("{p}label"));
+            cols.extend(h.meta.labels.iter().map(|l| format!("{p}p_{l}")));
         }
-        w.write_record(&header)?;
+        w.header(&["id", "length"], &cols)?;
         let mut x = Vec::new();
         let mut scratch = Scratch::default();
         let mut probs = Vec::new();
-        let mut num = ryu::Buffer::new();
         // one output row: id, length, then each head's label and probabilities
-        let mut write = |w: &mut csv::Writer<Output>, id: &str, len: usize, x: &[f32]| -> Result<()> {
-            w.write_field(id)?;
-            w.write_field(len.to_string())?;
+        let mut write = |w: &mut Csv<Output>, id: &str, len: usize, x: &[f32]| -> Result<()> {
+            let mut row = w.start_row();
+            row.text(id)?.int(len)?;
             for h in heads {
                 probs.resize(h.n_labels(), 0.0);
                 h.predict(x, &mut scratch, &mut probs);
-                w.write_field(&h.meta.labels[argmax(&probs)])?;
-                for p in &probs {
-                    w.write_field(num.format(*p))?;
-                }
+                row.text(&h.meta.labels[argmax(&probs)])?.floats(probs.iter().copied())?;
             }
-            w.write_record(None::<&[u8]>)?;
-            Ok(())
+            row.end().with_context(|| format!("record '{id}'"))
         };
         // short records go to the featurizer in batches where it takes them (packed on a GPU)
         let limit = feats.batch_limit();
         let dim = feats.dim();
         let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
         let mut bases = 0;
-        type Write<'w> = dyn FnMut(&mut csv::Writer<Output>, &str, usize, &[f32]) -> Result<()> + 'w;
+        type Write<'w> = dyn FnMut(&mut Csv<Output>, &str, usize, &[f32]) -> Result<()> + 'w;
         let flush = |batch: &mut Vec<(String, Vec<u8>)>,
                      feats: &mut dyn Featurizer,
-                     w: &mut csv::Writer<Output>,
+                     w: &mut Csv<Output>,
                      progress: &mut Progress,
                      x: &mut Vec<f32>,
                      write: &mut Write|
@@ -266,7 +262,7 @@ impl Plan<'_> {
         let flushed = flush(&mut batch, feats, &mut w, progress, &mut x, &mut write);
         read?;
         flushed?;
-        w.into_inner().map_err(|e| anyhow::Error::new(e.into_error()))
+        w.into_inner()
     }
 
     fn position_level(&self, out: Output, feats: &mut dyn Featurizer, progress: &mut Progress, totals: &mut Totals, tokens: &mut Vec<u8>) -> Result<Output> {
@@ -308,7 +304,7 @@ impl Plan<'_> {
             progress.record_done(toks.len());
             Ok(())
         })?;
-        Ok(writer.into_output())
+        writer.into_output()
     }
 }
 
@@ -324,10 +320,10 @@ impl Writer {
             Writer::Graph(g) => g,
         }
     }
-    fn into_output(self) -> Output {
+    fn into_output(self) -> Result<Output> {
         match self {
-            Writer::Bed(b) => b.out,
-            Writer::Graph(g) => g.out,
+            Writer::Bed(b) => b.into_inner(),
+            Writer::Graph(g) => g.into_inner(),
         }
     }
 }

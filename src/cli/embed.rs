@@ -1,6 +1,6 @@
 //! `dna-mamba embed`: pooled, windowed or per-position states and log-probabilities.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,15 +9,16 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
 
-use super::{device_list, for_each_record, for_each_region, load_model, resolve_regions, on_backend, Common, OnBackend, Totals, Tiles};
+use super::{flag_value, device_list, for_each_record, for_each_region, load_model, resolve_regions, on_backend, Common, OnBackend, Totals, Tiles};
 use crate::backend::Backend;
 use crate::embed::{Embedder, Feature, Strand};
-use crate::io::npy;
-use crate::io::output::{AtomicFile, Output};
-use crate::io::st;
 use crate::model::Model;
+use crate::output::csv::Csv;
+use crate::output::npy::NpyDir;
+use crate::output::rows::{PositionCsv, RawRows};
+use crate::output::{safetensors as st, Output};
+use crate::pool::{ReadPool, Windows};
 use crate::progress::Progress;
-use crate::sinks::{Csv, Mean, PositionCsv, RawRows, Windows};
 
 use crate::embed::PACK_BASES;
 
@@ -38,7 +39,7 @@ impl Packed {
         let sums = emb.pooled_packed(&toks, PACK_BASES).with_context(|| {
             format!("a packed batch of {} records ('{}' to '{}')", toks.len(), self.records[0].0, self.records[toks.len() - 1].0)
         })?;
-        let means: Vec<Vec<f32>> = self.records.iter().zip(sums).map(|((_, toks), sum)| Mean { sum }.finish(toks.len()).collect()).collect();
+        let means: Vec<Vec<f32>> = self.records.iter().zip(&sums).map(|((_, toks), sum)| ReadPool::mean_of(sum, toks.len())).collect();
         let rows: Vec<(&str, usize, &[f32])> = self.records.iter().zip(&means).map(|((id, toks), m)| (id.as_str(), toks.len(), m.as_slice())).collect();
         csv.rows(&rows)?;
         for (id, toks) in &self.records {
@@ -155,7 +156,7 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
         bail!("--overlap ({overlap}) must be smaller than --context ({context})");
     }
     if a.output != Feature::Hidden && a.pool != Pool::None {
-        bail!("--output {:?} needs --pool none (log-probabilities are per position)", a.output);
+        bail!("--output {} needs --pool none (log-probabilities are per position)", flag_value(&a.output));
     }
     if a.window.is_some() && a.pool == Pool::None {
         bail!("--window and --pool none exclude each other");
@@ -164,7 +165,7 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
         bail!("--window and --stride must be positive");
     }
     if a.format != Format::Csv && (a.pool != Pool::None || a.window.is_some()) {
-        bail!("--format {:?} is for per-position output (--pool none)", a.format);
+        bail!("--format {} is for per-position output (--pool none)", flag_value(&a.format));
     }
     // a missing input or a bad region should fail before anything is written
     if !a.regions.is_empty() || a.regions_bed.is_some() {
@@ -180,7 +181,7 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
     let name = backend.name();
     if a.common.verbose {
         eprintln!("model: {} ({})", model.source.display(), model.config.describe());
-        eprintln!("backend: {name}; context {context}, tile overlap {overlap}; strand {:?}, output {:?}", a.strand, a.output);
+        eprintln!("backend: {name}; context {context}, tile overlap {overlap}; strand {}, output {}", flag_value(&a.strand), flag_value(&a.output));
     }
     let mut emb = Embedder::new(backend, model.clone(), a.strand, a.output, context, overlap)?;
     let width = emb.width();
@@ -192,7 +193,7 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
 
     match a.format {
         Format::Csv => {
-            let mut csv = Csv::new(Output::open(a.out.as_deref())?);
+            let mut csv = Csv::new(Output::open(a.out.as_deref(), &a.inputs)?);
             let lead: &[&str] = match (a.pool, a.window) {
                 (Pool::None, _) => &["id", "pos"],
                 (_, Some(_)) => &["id", "start", "end"],
@@ -224,9 +225,9 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
                         emb.record(toks, &mut s, &mut bar)?;
                     }
                     _ => {
-                        let mut m = Mean::new(width);
+                        let mut m = ReadPool::mean(toks.len(), width);
                         emb.record(toks, &mut m, &mut bar)?;
-                        csv.row(id, &[toks.len()], m.finish(toks.len()))?;
+                        csv.row(id, &[toks.len()], m.features())?;
                     }
                 }
                 progress.record_done(toks.len());
@@ -246,68 +247,36 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
         }
         Format::Npy => {
             let dir = a.out.as_ref().ok_or_else(|| anyhow!("--format npy needs -o DIR (a folder for one .npy per record)"))?;
-            if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
-                bail!("{}: already exists and is not empty", dir.display());
-            }
-            let tmp = crate::io::output::temp_name(dir);
-            std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-            let result = (|| -> Result<()> {
-                let mut index = csv::Writer::from_path(tmp.join("index.csv"))?;
-                index.write_record(["id", "file", "length", "width"])?;
-                let mut seen: HashMap<String, ()> = HashMap::new();
-                let mut names: HashMap<String, usize> = HashMap::new();
-                each_input(a, &mut totals, &mut tokens, &mut |id, toks, _| {
-                    if seen.insert(id.to_string(), ()).is_some() {
-                        bail!("duplicate record id '{id}' (npy output needs unique ids)");
-                    }
-                    let base = npy::safe_name(id);
-                    let k = names.entry(base.clone()).or_insert(0);
-                    *k += 1;
-                    let file = if *k == 1 { format!("{base}.npy") } else { format!("{base}_{k}.npy") };
-                    let mut w = std::io::BufWriter::new(std::fs::File::create(tmp.join(&file))?);
-                    npy::write_header(&mut w, toks.len(), width)?;
-                    emb.record(toks, &mut RawRows { out: &mut w }, &mut |n| progress.bases(n))?;
-                    w.flush()?;
-                    index.write_record([id, &file, &toks.len().to_string(), &width.to_string()])?;
-                    progress.record_done(toks.len());
-                    Ok(())
-                })?;
-                index.flush()?;
+            let mut npy = NpyDir::create(dir)?;
+            each_input(a, &mut totals, &mut tokens, &mut |id, toks, _| {
+                npy.record(id, toks.len(), width, |w| emb.record(toks, &mut RawRows { out: w }, &mut |n| progress.bases(n)))?;
+                progress.record_done(toks.len());
                 Ok(())
-            })();
-            if let Err(e) = result {
-                let _ = std::fs::remove_dir_all(&tmp);
-                return Err(e);
-            }
-            if dir.exists() {
-                std::fs::remove_dir(dir).ok();
-            }
-            std::fs::rename(&tmp, dir).with_context(|| format!("{}: cannot rename into place", dir.display()))?;
+            })?;
+            npy.commit()?;
         }
         Format::Safetensors => {
-            let path = match a.out.as_deref() {
-                Some(p) if p != Path::new("-") => p.to_path_buf(),
-                _ => bail!("--format safetensors needs -o FILE (its header must be written before the data, so it cannot go to a pipe)"),
-            };
+            let path = st::check_path(a.out.as_deref())?;
             // read everything first: the header lists every tensor's shape
             let mut records: Vec<(String, Vec<u8>)> = Vec::new();
-            let mut seen = HashMap::new();
+            let mut seen = HashSet::new();
             each_input(a, &mut totals, &mut tokens, &mut |id, toks, _| {
-                if seen.insert(id.to_string(), ()).is_some() {
+                st::check_name(id)?;
+                if !seen.insert(id.to_string()) {
                     bail!("duplicate record id '{id}' (safetensors output needs unique ids)");
                 }
                 records.push((id.to_string(), toks.to_vec()));
                 Ok(())
             })?;
             let shapes: Vec<(String, [usize; 2])> = records.iter().map(|(id, t)| (id.clone(), [t.len(), width])).collect();
-            let mut f = AtomicFile::create(&path)?;
-            let meta = [("producer", format!("dna-mamba {}", env!("CARGO_PKG_VERSION"))), ("strand", format!("{:?}", a.strand).to_lowercase()), ("output", format!("{:?}", a.output).to_lowercase())];
+            let mut f = Output::open(Some(path), &a.inputs)?;
+            let meta = [("producer", format!("dna-mamba {}", env!("CARGO_PKG_VERSION"))), ("strand", flag_value(&a.strand)), ("output", flag_value(&a.output))];
             st::write_header(&mut f, &shapes, &meta)?;
             for (_, toks) in &records {
                 emb.record(toks, &mut RawRows { out: &mut f }, &mut |n| progress.bases(n))?;
                 progress.record_done(toks.len());
             }
-            f.commit()?;
+            f.finish()?;
         }
     }
     progress.finish();
@@ -364,7 +333,7 @@ fn workers_on<B: Backend>(
     pack_bases: usize,
 ) -> Result<()> {
     let width = if a.strand == Strand::Fwd { model.config.hidden_width() } else { model.config.d_model };
-    let mut csv = Csv::new(Output::open(a.out.as_deref())?);
+    let mut csv = Csv::new(Output::open(a.out.as_deref(), &a.inputs)?);
     csv.header(&["id", "length"], &value_names(Feature::Hidden, width))?;
     let mut progress = Progress::new(a.common.quiet);
     let started = Instant::now();

@@ -18,7 +18,7 @@ pub fn run(a: FaidxArgs) -> Result<()> {
     let mut fai = a.fasta.clone().into_os_string();
     fai.push(".fai");
     let fai = PathBuf::from(fai);
-    let mut f = crate::io::output::AtomicFile::create(&fai)?;
+    let mut f = crate::output::AtomicFile::create(&fai)?;
     fasta::fai::io::Writer::new(&mut f).write_index(&index).with_context(|| fai.display().to_string())?;
     f.commit()
 }

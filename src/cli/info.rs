@@ -1,20 +1,24 @@
 //! `dna-mamba info`: what a model is and what `embed` will compute with it.
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
 
-use super::{load_model, Common, DEFAULT_CONTEXT};
+use super::{load_model_from, DEFAULT_CONTEXT};
 
+/// Only the model: `info` computes nothing, so the run flags of the other commands (device,
+/// threads, precision, ...) would do nothing here.
 #[derive(Args, Debug)]
 pub struct InfoArgs {
-    #[command(flatten)]
-    pub common: Common,
+    /// Model folder with config.json + model.safetensors [default: the built-in model].
+    #[arg(short, long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {
-    let m = load_model(&args.common)?;
+    let m = load_model_from(args.model.as_deref())?;
     let c = &m.config;
     let mut out = std::io::stdout().lock();
     writeln!(out, "model: {}", m.source.display())?;

@@ -17,7 +17,7 @@ use noodles::vcf::variant::record_buf::info::field::{value::Array, Value};
 use super::{load_model, on_backend, Common, OnBackend};
 use crate::backend::Backend;
 use crate::embed::{Embedder, Feature, Strand};
-use crate::io::output::Output;
+use crate::output::Output;
 use crate::io::regions::IndexedFasta;
 use crate::model::Model;
 use crate::tiling::{self, Tile};
@@ -113,7 +113,7 @@ fn score_on<B: Backend>(backend: B, model: Arc<Model>, a: &ScoreArgs) -> Result<
     for (id, number, ty, desc) in infos {
         header.infos_mut().insert(id.to_string(), Map::<Info>::new(number, ty, desc));
     }
-    let mut out = Output::open(a.out.as_deref())?;
+    let mut out = Output::open(a.out.as_deref(), &[a.vcf.display().to_string(), a.fasta.display().to_string()])?;
     let mut vw = vcf::io::Writer::new(Vec::new());
     match a.format {
         VariantFormat::Vcf => {

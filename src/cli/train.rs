@@ -25,7 +25,8 @@ use crate::heads::fit::{self, FitOptions, MlpOptions, Rng};
 use crate::heads::labels::{self, header_label, Interval, LabelTable};
 use crate::heads::metrics::{self, argmax, Scores};
 use crate::heads::{self, Head, Kind, Level, Meta, Pooling, Scratch, Source};
-use crate::io::output::Output;
+use crate::output::csv::Csv;
+use crate::output::Output;
 use crate::model::Model;
 use crate::progress::Progress;
 use crate::tokenizer;
@@ -281,7 +282,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         "producer": format!("dna-mamba {}", env!("CARGO_PKG_VERSION")),
     });
     if let Some(p) = &a.predictions {
-        write_predictions(p, &head, &test, &test_probs)?;
+        write_predictions(p, &a.inputs, &head, &test, &test_probs)?;
     }
     head.save(&a.out)?;
 
@@ -403,7 +404,7 @@ fn save_features(path: &Path, p: &Prepared) -> Result<()> {
     let doc = json!({"labels": p.label_names, "features": p.features, "backbone": p.backbone, "context": p.context, "data": p.about});
     let meta = HashMap::from([(FEATURES_KEY.to_string(), doc.to_string())]);
     let bytes = safetensors::serialize(views, Some(meta))?;
-    let mut f = crate::io::output::AtomicFile::create(path)?;
+    let mut f = crate::output::AtomicFile::create(path)?;
     f.write_all(&bytes)?;
     f.commit()
 }
@@ -482,29 +483,24 @@ fn predict_all(head: &Head, x: &[f32]) -> Vec<f32> {
     out
 }
 
-fn write_predictions(path: &Path, head: &Head, m: &Matrix, probs: &[f32]) -> Result<()> {
+fn write_predictions(path: &Path, inputs: &[String], head: &Head, m: &Matrix, probs: &[f32]) -> Result<()> {
     let c = head.n_labels();
-    let mut w = csv::Writer::from_writer(Output::open(Some(path))?);
+    let mut w = Csv::new(Output::open(Some(path), inputs)?);
     let position = m.names.first().is_some_and(|n| n.1.is_some());
-    let mut header: Vec<String> = if position { vec!["chrom".into(), "pos".into()] } else { vec!["id".into()] };
-    header.extend(["label".to_string(), "predicted".to_string()]);
-    header.extend(head.meta.labels.iter().map(|l| format!("p_{l}")));
-    w.write_record(&header)?;
-    let mut num = ryu::Buffer::new();
+    let lead: &[&str] = if position { &["chrom", "pos", "label", "predicted"] } else { &["id", "label", "predicted"] };
+    let cols: Vec<String> = head.meta.labels.iter().map(|l| format!("p_{l}")).collect();
+    w.header(lead, &cols)?;
     for (i, (id, pos)) in m.names.iter().enumerate() {
         let p = &probs[i * c..(i + 1) * c];
-        w.write_field(id)?;
+        let mut row = w.start_row();
+        row.text(id)?;
         if let Some(pos) = pos {
-            w.write_field(pos.to_string())?;
+            row.int(*pos)?;
         }
-        w.write_field(&head.meta.labels[m.y[i] as usize])?;
-        w.write_field(&head.meta.labels[argmax(p)])?;
-        for v in p {
-            w.write_field(num.format(*v))?;
-        }
-        w.write_record(None::<&[u8]>)?;
+        row.text(&head.meta.labels[m.y[i] as usize])?.text(&head.meta.labels[argmax(p)])?.floats(p.iter().copied())?;
+        row.end()?;
     }
-    w.into_inner().map_err(|e| anyhow::Error::new(e.into_error()))?.finish()
+    w.into_inner()?.finish()
 }
 
 /// Features of both splits.

@@ -4,7 +4,7 @@
 use anyhow::{bail, Result};
 
 use super::kmer::Kmers;
-use super::pool::{Centered, ReadPool};
+use crate::pool::{Centered, ReadPool};
 use super::{Features, Pooling, Source};
 use crate::backend::Backend;
 use crate::embed::Embedder;

@@ -2,6 +2,33 @@
 //! tensor's f32 rows in order, so no tensor is ever held whole in memory.
 
 use std::io::{self, Write};
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
+use super::file::is_gz;
+
+/// The name the format keeps for its metadata: no tensor may have it.
+pub const RESERVED: &str = "__metadata__";
+
+/// Refuse a destination the format cannot be (a pipe, or a compressed name it would not be).
+pub fn check_path(path: Option<&Path>) -> Result<&Path> {
+    match path {
+        Some(p) if p != Path::new("-") && is_gz(p) => {
+            bail!("{}: safetensors output is not compressed (tools memory-map it); drop the .gz", p.display())
+        }
+        Some(p) if p != Path::new("-") => Ok(p),
+        _ => bail!("--format safetensors needs -o FILE (its header must be written before the data, so it cannot go to a pipe)"),
+    }
+}
+
+/// Refuse a record id that cannot be a tensor name.
+pub fn check_name(id: &str) -> Result<()> {
+    if id == RESERVED {
+        bail!("record id '{RESERVED}' is reserved by the safetensors format; rename the record");
+    }
+    Ok(())
+}
 
 /// Write the header for F32 tensors `(name, [rows, cols])` laid out back to back.
 pub fn write_header<W: Write>(w: &mut W, tensors: &[(String, [usize; 2])], metadata: &[(&str, String)]) -> io::Result<()> {

@@ -1,14 +1,20 @@
-//! Backbone rows to head features, as `Sink`s of the embedder: the read-level pools (mean,
-//! segment means) and the position-level centred window, which streams: it holds one window
-//! of rows, never a record.
+//! Reducers of a record's feature rows, as `Sink`s of the embedder: means over the record or
+//! equal segments of it (`ReadPool`), means over windows written as they close (`Windows`),
+//! and the centred per-position window of position-level heads (`Centered`), which holds one
+//! window of rows, never a record.
+
+use std::collections::BTreeMap;
+use std::io::Write;
 
 use anyhow::{bail, Result};
 
-use super::Pooling;
 use crate::embed::Sink;
+use crate::heads::Pooling;
+use crate::output::csv::Csv;
 
-/// Read level: the mean of all rows, or the means of `n` equal segments concatenated.
-/// Linear: the strand passes arrive as weighted partial sums.
+/// The mean of all rows (one segment), or the means of `n` equal segments concatenated
+/// (`--pool bins:N`). Linear: the strand passes arrive as weighted partial sums, or as sums
+/// over each segment's positions taken on the device.
 pub struct ReadPool {
     len: usize,
     bins: usize,
@@ -25,6 +31,17 @@ impl ReadPool {
             _ => 1,
         };
         ReadPool { len, bins, width, sum: vec![0.0; bins * width], asked: Vec::new() }
+    }
+
+    /// The mean over a record's `len` positions.
+    pub fn mean(len: usize, width: usize) -> Self {
+        Self::new(Pooling::Mean, len, width)
+    }
+
+    /// The mean of a record of `len` positions whose rows sum to `sum` (summed elsewhere: a
+    /// packed batch sums each record on the device).
+    pub fn mean_of(sum: &[f64], len: usize) -> Vec<f32> {
+        sum.iter().map(|s| (s / len.max(1) as f64) as f32).collect()
     }
 
     pub fn dim(pooling: Pooling, width: usize) -> usize {
@@ -53,9 +70,9 @@ impl ReadPool {
     /// The feature vector (a segment with no positions, in a record shorter than the number
     /// of segments, takes the record's mean).
     pub fn finish(&self, out: &mut Vec<f32>) {
+        debug_assert!(self.bin_ranges().iter().enumerate().all(|(b, &(s, e))| (s..e).all(|p| self.bin(p) == b)));
         let w = self.width;
-        let mut count = vec![0usize; self.bins];
-        (0..self.len).for_each(|p| count[self.bin(p)] += 1);
+        let count: Vec<usize> = self.bin_ranges().iter().map(|(s, e)| e - s).collect();
         let mut total = vec![0f64; w];
         for b in 0..self.bins {
             total.iter_mut().zip(&self.sum[b * w..(b + 1) * w]).for_each(|(t, s)| *t += s);
@@ -68,6 +85,13 @@ impl ReadPool {
                 out.extend(total.iter().map(|s| (s / self.len.max(1) as f64) as f32));
             }
         }
+    }
+
+    /// The feature vector, as a new vector.
+    pub fn features(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.bins * self.width);
+        self.finish(&mut out);
+        out
     }
 }
 
@@ -96,6 +120,91 @@ impl Sink for ReadPool {
         let b = self.bin(pos);
         for (s, v) in self.sum[b * self.width..(b + 1) * self.width].iter_mut().zip(row) {
             *s += (weight * v) as f64;
+        }
+        Ok(())
+    }
+}
+
+/// Means over windows `[k·stride, k·stride + window)` clipped to the record; the last window
+/// is the first to reach the record's end (so it may be partial, and its `end` says so).
+pub struct Windows<'a, W: Write> {
+    pub out: &'a mut Csv<W>,
+    pub id: &'a str,
+    /// Added to written coordinates (a region's start in its sequence).
+    pub offset: usize,
+    pub len: usize,
+    pub window: usize,
+    pub stride: usize,
+    width: usize,
+    open: BTreeMap<usize, Vec<f64>>,
+    next_start: usize,
+    done: bool,
+    /// Window starts of the ranges of the last `ranges` call.
+    asked: Vec<usize>,
+}
+
+impl<'a, W: Write> Windows<'a, W> {
+    pub fn new(out: &'a mut Csv<W>, id: &'a str, len: usize, window: usize, stride: usize, width: usize, offset: usize) -> Self {
+        Windows { out, id, offset, len, window, stride, width, open: BTreeMap::new(), next_start: 0, done: false, asked: Vec::new() }
+    }
+
+    /// Open every window that starts at or before `pos`.
+    fn open_through(&mut self, pos: usize) {
+        while !self.done && self.next_start <= pos {
+            self.open.insert(self.next_start, vec![0.0; self.width]);
+            self.done = self.end_of(self.next_start) >= self.len;
+            self.next_start += self.stride;
+        }
+    }
+
+    fn end_of(&self, start: usize) -> usize {
+        (start + self.window).min(self.len)
+    }
+}
+
+impl<W: Write> Sink for Windows<'_, W> {
+    fn linear(&self) -> bool {
+        true
+    }
+    fn ranges(&mut self, lo: usize, hi: usize) -> Option<Vec<(usize, usize)>> {
+        if hi > lo {
+            self.open_through(hi - 1);
+        }
+        self.asked.clear();
+        let mut ranges = Vec::new();
+        for &start in self.open.keys() {
+            let (a, b) = (start.max(lo), self.end_of(start).min(hi));
+            if a < b {
+                self.asked.push(start);
+                ranges.push((a, b));
+            }
+        }
+        Some(ranges)
+    }
+    fn add_sum(&mut self, k: usize, sum: &[f64], weight: f64) -> Result<()> {
+        let w = self.open.get_mut(&self.asked[k]).expect("asked windows stay open until flushed");
+        w.iter_mut().zip(sum).for_each(|(s, v)| *s += weight * v);
+        Ok(())
+    }
+    fn add(&mut self, pos: usize, row: &[f32], weight: f32) -> Result<()> {
+        self.open_through(pos);
+        let lo = (pos + 1).saturating_sub(self.window);
+        for (_, sum) in self.open.range_mut(lo..=pos) {
+            for (s, v) in sum.iter_mut().zip(row) {
+                *s += (weight * v) as f64;
+            }
+        }
+        Ok(())
+    }
+    fn flush(&mut self, upto: usize) -> Result<()> {
+        while let Some((&start, _)) = self.open.first_key_value() {
+            let end = self.end_of(start);
+            if end > upto {
+                break;
+            }
+            let sum = self.open.remove(&start).unwrap();
+            let n = (end - start) as f64;
+            self.out.row(self.id, &[start + self.offset, end + self.offset], sum.iter().map(|s| (s / n) as f32))?;
         }
         Ok(())
     }

@@ -5,13 +5,15 @@
 //! BED6: `chrom start end name score strand`, 0-based half-open, name = label, score =
 //! round(1000 × the label's mean probability over the run), strand `.`.
 //! bedGraph: `chrom start end value` with the probability rounded to 3 decimals; neighbouring
-//! bases with the same rounded value are merged into one line.
+//! bases with the same rounded value are merged into one line. Its track line waits for the
+//! first record (or `into_inner` on an empty input), like a CSV header.
 
 use std::io::Write;
 
 use anyhow::Result;
 
-use super::metrics::argmax;
+use super::{non_finite, Pace};
+use crate::heads::metrics::argmax;
 
 pub trait PositionWriter {
     /// A new record (its id is the chromosome name).
@@ -20,6 +22,10 @@ pub trait PositionWriter {
     fn push(&mut self, pos: usize, probs: &[f32]) -> Result<()>;
     /// The record is complete.
     fn end(&mut self) -> Result<()>;
+}
+
+fn check(probs: &[f32]) -> Result<()> {
+    if probs.iter().all(|p| p.is_finite()) { Ok(()) } else { Err(non_finite()) }
 }
 
 struct Run {
@@ -37,11 +43,16 @@ pub struct Bed<W: Write> {
     chrom: String,
     run: Option<Run>,
     pub lines: usize,
+    pace: Pace,
 }
 
 impl<W: Write> Bed<W> {
     pub fn new(out: W, labels: &[String], keep: Vec<bool>) -> Self {
-        Bed { out, labels: labels.to_vec(), keep, chrom: String::new(), run: None, lines: 0 }
+        Bed { out, labels: labels.to_vec(), keep, chrom: String::new(), run: None, lines: 0, pace: Pace::new() }
+    }
+
+    pub fn into_inner(self) -> Result<W> {
+        Ok(self.out)
     }
 
     fn close(&mut self) -> Result<()> {
@@ -61,6 +72,7 @@ impl<W: Write> PositionWriter for Bed<W> {
         Ok(())
     }
     fn push(&mut self, pos: usize, probs: &[f32]) -> Result<()> {
+        check(probs)?;
         let label = argmax(probs);
         match &mut self.run {
             Some(r) if r.label == label && r.end == pos => {
@@ -75,7 +87,11 @@ impl<W: Write> PositionWriter for Bed<W> {
         Ok(())
     }
     fn end(&mut self) -> Result<()> {
-        self.close()
+        self.close()?;
+        if self.pace.due() {
+            self.out.flush()?;
+        }
+        Ok(())
     }
 }
 
@@ -86,13 +102,28 @@ pub struct BedGraph<W: Write> {
     /// (start, end, value in thousandths)
     run: Option<(usize, usize, u32)>,
     pub lines: usize,
+    /// The track line until it is written.
+    track: Option<String>,
+    pace: Pace,
 }
 
 impl<W: Write> BedGraph<W> {
-    /// Writes the track line at once (so an empty input still gives a header).
-    pub fn new(mut out: W, label: usize, track_name: &str) -> Result<Self> {
-        writeln!(out, "track type=bedGraph name=\"{}\"", track_name.replace('"', "'"))?;
-        Ok(BedGraph { out, label, chrom: String::new(), run: None, lines: 0 })
+    pub fn new(out: W, label: usize, track_name: &str) -> Result<Self> {
+        let track = format!("track type=bedGraph name=\"{}\"", track_name.replace('"', "'"));
+        Ok(BedGraph { out, label, chrom: String::new(), run: None, lines: 0, track: Some(track), pace: Pace::new() })
+    }
+
+    fn write_track(&mut self) -> Result<()> {
+        if let Some(t) = self.track.take() {
+            writeln!(self.out, "{t}")?;
+        }
+        Ok(())
+    }
+
+    /// The destination, with the track line written (an empty input gets it too).
+    pub fn into_inner(mut self) -> Result<W> {
+        self.write_track()?;
+        Ok(self.out)
     }
 
     fn close(&mut self) -> Result<()> {
@@ -106,11 +137,13 @@ impl<W: Write> BedGraph<W> {
 
 impl<W: Write> PositionWriter for BedGraph<W> {
     fn start(&mut self, chrom: &str) -> Result<()> {
+        self.write_track()?;
         self.chrom.clear();
         self.chrom.push_str(chrom);
         Ok(())
     }
     fn push(&mut self, pos: usize, probs: &[f32]) -> Result<()> {
+        check(probs)?;
         let v = (probs[self.label].clamp(0.0, 1.0) * 1000.0).round() as u32;
         match &mut self.run {
             Some((_, e, rv)) if *rv == v && *e == pos => *e = pos + 1,
@@ -122,7 +155,11 @@ impl<W: Write> PositionWriter for BedGraph<W> {
         Ok(())
     }
     fn end(&mut self) -> Result<()> {
-        self.close()
+        self.close()?;
+        if self.pace.due() {
+            self.out.flush()?;
+        }
+        Ok(())
     }
 }
 
@@ -163,11 +200,19 @@ mod tests {
     fn bedgraph_merges_equal_values() {
         let mut g = BedGraph::new(Vec::new(), 0, "t p(coding)").unwrap();
         feed(&mut g, "c", &[0.1234, 0.1236, 0.5, 1.0]);
-        let text = String::from_utf8(g.out).unwrap();
+        let text = String::from_utf8(g.into_inner().unwrap()).unwrap();
         // .1234 -> 0.123, .1236 -> 0.124
         assert_eq!(text, "track type=bedGraph name=\"t p(coding)\"\nc\t0\t1\t0.123\nc\t1\t2\t0.124\nc\t2\t3\t0.500\nc\t3\t4\t1.000\n");
         let mut g = BedGraph::new(Vec::new(), 0, "t").unwrap();
         feed(&mut g, "c", &[0.25, 0.2501, 0.2502]);
-        assert_eq!(String::from_utf8(g.out).unwrap(), "track type=bedGraph name=\"t\"\nc\t0\t3\t0.250\n");
+        assert_eq!(String::from_utf8(g.into_inner().unwrap()).unwrap(), "track type=bedGraph name=\"t\"\nc\t0\t3\t0.250\n");
+    }
+
+    #[test]
+    fn bedgraph_track_line_waits_for_a_record() {
+        let mut g = BedGraph::new(Vec::new(), 0, "t").unwrap();
+        assert!(g.out.is_empty());
+        assert!(g.push(0, &[f32::NAN, 0.5]).is_err());
+        assert_eq!(String::from_utf8(g.into_inner().unwrap()).unwrap(), "track type=bedGraph name=\"t\"\n");
     }
 }
