@@ -4,6 +4,7 @@ pub mod config;
 pub mod default;
 pub mod forward;
 pub mod lm_head;
+pub mod torch;
 pub mod weights;
 
 use std::path::{Path, PathBuf};

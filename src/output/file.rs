@@ -109,7 +109,15 @@ pub struct AtomicFile {
 }
 
 impl AtomicFile {
+    /// A regular file at `dest`, or at the end of the links `dest` names (the links stay).
     pub fn create(dest: &Path) -> Result<Self> {
+        match resolve(Some(dest), &[])? {
+            Target::Replace(p) => Self::create_exact(&p),
+            _ => bail!("{}: is a device or FIFO; this output must be a regular file", dest.display()),
+        }
+    }
+
+    fn create_exact(dest: &Path) -> Result<Self> {
         let tmp = temp_name(dest);
         register(&tmp);
         match File::create(&tmp) {
@@ -282,7 +290,7 @@ impl Output {
                 let f = OpenOptions::new().write(true).open(&p).with_context(|| format!("{}: cannot open for writing", p.display()))?;
                 Dest::InPlace(BufWriter::with_capacity(1 << 16, f))
             }
-            Target::Replace(p) => Dest::Replace(AtomicFile::create(&p)?),
+            Target::Replace(p) => Dest::Replace(AtomicFile::create_exact(&p)?),
         };
         let inner = if gz { Inner::Bgzf(noodles::bgzf::io::Writer::new(dest)) } else { Inner::Plain(dest) };
         Ok(Output { inner: Some(inner) })
