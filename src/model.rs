@@ -5,6 +5,7 @@ pub mod default;
 pub mod forward;
 pub mod lm_head;
 pub mod torch;
+pub mod vocab;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
