@@ -120,6 +120,10 @@ fn output_into_a_fifo() {
     use std::os::unix::fs::FileTypeExt;
     assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
     assert!(partials(dir.path()).is_empty());
+    // /dev/stdout is a link to the pipe the test reads
+    let o = run(&["embed", &s(&input), "--model", &model(), "-o", "/dev/stdout", "-q"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("id,length,"));
 }
 
 /// #9: a character device is written in place, never replaced by a regular file. The node

@@ -177,6 +177,22 @@ pub enum Target {
 /// then replaced, the link kept); a path that is one of `inputs` is refused.
 pub fn resolve(path: Option<&Path>, inputs: &[String]) -> Result<Target> {
     let Some(path) = path.filter(|p| *p != Path::new("-")) else { return Ok(Target::Stdout) };
+    if let Ok(out) = fs::metadata(path) {
+        for input in inputs.iter().filter(|i| *i != "-") {
+            if fs::metadata(input).is_ok_and(|m| same_file(&m, &out)) {
+                bail!("-o {}: is also the input {input}; refusing to overwrite an input", path.display());
+            }
+        }
+        if out.is_dir() {
+            bail!("-o {}: is a folder", path.display());
+        }
+        // opened through the name given: /dev/stdout and /dev/fd/N are links to pipes
+        if is_special(&out) {
+            return Ok(Target::InPlace(path.to_path_buf()));
+        }
+        return Ok(Target::Replace(fs::canonicalize(path).with_context(|| format!("-o {}", path.display()))?));
+    }
+    // nothing there yet, or a link to nothing: the file is made where the links end
     let mut dest = path.to_path_buf();
     for _ in 0..40 {
         match fs::symlink_metadata(&dest) {
@@ -188,19 +204,6 @@ pub fn resolve(path: Option<&Path>, inputs: &[String]) -> Result<Target> {
                 };
             }
             _ => break,
-        }
-    }
-    if let Ok(out) = fs::metadata(&dest) {
-        for input in inputs.iter().filter(|i| *i != "-") {
-            if fs::metadata(input).is_ok_and(|m| same_file(&m, &out)) {
-                bail!("-o {}: is also the input {input}; refusing to overwrite an input", path.display());
-            }
-        }
-        if out.is_dir() {
-            bail!("-o {}: is a folder", path.display());
-        }
-        if is_special(&out) {
-            return Ok(Target::InPlace(dest));
         }
     }
     Ok(Target::Replace(dest))
@@ -357,7 +360,10 @@ mod tests {
         fs::write(&real, "old").unwrap();
         let link = dir.path().join("link.csv");
         std::os::unix::fs::symlink("real.csv", &link).unwrap();
-        assert_eq!(resolve(Some(&link), &[]).unwrap(), Target::Replace(dir.path().join("real.csv")));
+        assert_eq!(resolve(Some(&link), &[]).unwrap(), Target::Replace(fs::canonicalize(&real).unwrap()));
+        let dangling = dir.path().join("dangling.csv");
+        std::os::unix::fs::symlink("new.csv", &dangling).unwrap();
+        assert_eq!(resolve(Some(&dangling), &[]).unwrap(), Target::Replace(dir.path().join("new.csv")));
         let input = real.to_string_lossy().into_owned();
         let err = resolve(Some(&link), &[input]).unwrap_err().to_string();
         assert!(err.contains("refusing to overwrite an input"), "{err}");
@@ -368,11 +374,12 @@ mod tests {
     #[test]
     fn failed_rename_leaves_no_partial() {
         let dir = tempfile::tempdir().unwrap();
-        // a folder in the way makes the rename fail
+        // a folder in the way makes the rename fail (`create` itself refuses a folder)
         let dest = dir.path().join("out.csv");
         fs::create_dir(&dest).unwrap();
         fs::write(dest.join("x"), "x").unwrap();
-        let mut f = AtomicFile::create(&dest).unwrap();
+        assert!(AtomicFile::create(&dest).is_err());
+        let mut f = AtomicFile::create_exact(&dest).unwrap();
         f.write_all(b"rows").unwrap();
         assert!(f.commit().is_err());
         let left: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
