@@ -121,9 +121,9 @@ fn config_sizes_are_checked_against_the_weights_file_before_allocating() {
         ("vocab_1e6", "ph", Box::new(|c| {
             c["vocab_size"] = json!(1_000_000);
             c.as_object_mut().unwrap().remove("complement_map");
-        }), "vocab_size 1000000"),
+        }), "vocab_size 1000000 (padded to a multiple of 8: 1000000) does not match"),
         ("vocab_more_than_map", "ph", Box::new(|c| c["vocab_size"] = json!(1_000_000)), "complement_map has 16 entries"),
-        ("d_model_32", "ph", Box::new(|c| c["d_model"] = json!(32)), "d_model is 32"),
+        ("d_model_32", "ph", Box::new(|c| c["d_model"] = json!(32)), "d_model 32 does not match"),
         ("d_state_8", "ph", Box::new(|c| c["ssm_cfg"]["d_state"] = json!(8)), "ssm_cfg.d_state"),
         ("d_conv_3", "ph", Box::new(|c| c["ssm_cfg"]["d_conv"] = json!(3)), "ssm_cfg.d_conv"),
         ("expand_3", "ph", Box::new(|c| c["ssm_cfg"]["expand"] = json!(3)), "ssm_cfg.expand"),

@@ -945,11 +945,12 @@ mod tests {
     #[test]
     fn bad_inputs_are_errors_not_panics() {
         let o = FitOptions::default();
-        let e = fit(&[], 0, &[0, 1], 2, &o).unwrap_err().to_string();
+        let err = |x: &[f32], d: usize, y: &[u32]| fit(x, d, y, 2, &o).err().expect("an error").to_string();
+        let e = err(&[], 0, &[0, 1]);
         assert!(e.contains("dim 0"), "{e}");
-        let e = fit(&[0.0, 1.0], 1, &[0, 2], 2, &o).unwrap_err().to_string();
+        let e = err(&[0.0, 1.0], 1, &[0, 2]);
         assert!(e.contains("label index 2"), "{e}");
-        let e = fit(&[0.0, 1.0, f32::NAN, 3.0], 2, &[0, 1], 2, &o).unwrap_err().to_string();
+        let e = err(&[0.0, 1.0, f32::NAN, 3.0], 2, &[0, 1]);
         assert!(e.contains("row 1") && e.contains("column 0"), "{e}");
     }
 }

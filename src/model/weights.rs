@@ -174,13 +174,20 @@ fn check_sizes(cfg: &Config, st: &SafeTensors, prefix: &str, emb_name: &str, pat
     let emb = format!("{prefix}{emb_name}");
     if let Ok(t) = st.tensor(&emb) {
         if let [rows, cols] = *t.shape() {
+            let mut fields = Vec::new();
             if cols != d {
-                return Err(mismatch(format!("d_model is {d}, but {emb} in {file} has {cols} columns")));
+                fields.push(format!("d_model {d}"));
             }
             if rows != v {
-                return Err(mismatch(format!(
-                    "vocab_size {} (padded to a multiple of {}: {v}) does not match {file}, whose {emb} has {rows} rows",
+                fields.push(format!(
+                    "vocab_size {} (padded to a multiple of {}: {v})",
                     cfg.vocab_size, cfg.pad_vocab_size_multiple
+                ));
+            }
+            if !fields.is_empty() {
+                return Err(mismatch(format!(
+                    "{} does not match {file}: tensor {emb}: expected shape [{v}, {d}], found [{rows}, {cols}]",
+                    fields.join(" and ")
                 )));
             }
         }
@@ -211,7 +218,7 @@ fn check_sizes(cfg: &Config, st: &SafeTensors, prefix: &str, emb_name: &str, pat
         if let Ok(t) = st.tensor(&name) {
             if t.shape() != want.as_slice() {
                 return Err(mismatch(format!(
-                    "{fields} (with d_model {d}, expand {}, d_state {n}, d_conv {k}, dt_rank {rk}) gives {name} the shape {want:?}, but in {file} it is {:?}",
+                    "{fields} does not match {file} (with d_model {d}, expand {}, d_state {n}, d_conv {k}, dt_rank {rk}): tensor {name}: expected shape {want:?}, found {:?}",
                     cfg.expand,
                     t.shape()
                 )));
