@@ -3,7 +3,8 @@
 //! A record is cut into tiles (`tiling`), each tile is run once per strand pass, and the
 //! feature rows of its kept positions go to a `Sink` in ascending position order. Sinks that
 //! only sum rows (pooling, windows) take each pass's rows with a weight as they come; the
-//! others get finished rows, for which the first pass of a two-pass strand is held on the host
+//! others, and every sink of strand-joined log-probabilities (their join is not a weighted
+//! sum), get finished rows, for which the first pass of a two-pass strand is held on the host
 //! for one tile.
 
 use std::sync::Arc;
@@ -21,7 +22,8 @@ pub enum Strand {
     Fwd,
     /// The reverse strand's view in forward coordinates.
     Rc,
-    /// Strand-averaged (Ph: post-hoc conjoining; PS: channel-half average).
+    /// Strand-averaged (Ph: post-hoc conjoining; PS: channel-half average); for logits, the
+    /// log of the two strands' mean probability.
     Both,
 }
 
@@ -33,6 +35,28 @@ pub enum Feature {
     Logits,
     /// The 16 raw masked-LM logits (only with --strand fwd).
     RawLogits,
+}
+
+/// How `Strand::Both` joins the two strands' A,C,G,T log-probabilities (Ph and causal
+/// models, which run a pass per strand; a PS model's logits are one pass, already both strands).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogProbJoin {
+    /// log((p_fwd + p_rc) / 2): the mean of the two distributions, itself a distribution and
+    /// reverse-complement invariant (what `embed --output logits` writes).
+    MeanProb,
+    /// (lp_fwd + lp_rc) / 2: differences of these rows are strand-averaged log-ratios (what
+    /// `score-variants` scores); not a distribution.
+    MeanLogProb,
+}
+
+/// log((e^a + e^b) / 2) without overflow or underflow.
+fn log_mean_exp(a: f32, b: f32) -> f32 {
+    let (a, b) = (a as f64, b as f64);
+    let m = a.max(b);
+    if m == f64::NEG_INFINITY {
+        return f32::NEG_INFINITY;
+    }
+    (m + (-(a - b).abs()).exp().ln_1p() - std::f64::consts::LN_2) as f32
 }
 
 /// Receives one record's feature rows in ascending position order.
@@ -87,6 +111,7 @@ pub struct Embedder<B: Backend> {
     model: Arc<Model>,
     strand: Strand,
     feature: Feature,
+    join: LogProbJoin,
     pub context: usize,
     pub overlap: usize,
 }
@@ -100,7 +125,7 @@ impl<B: Backend> Embedder<B> {
             bail!("--context must be at least {}", tiling::MIN_CONTEXT);
         }
         let engine = Engine::new(backend, model.config.clone());
-        Ok(Embedder { engine, model, strand, feature, context, overlap })
+        Ok(Embedder { engine, model, strand, feature, join: LogProbJoin::MeanProb, context, overlap })
     }
 
     /// Switch what later records compute, keeping the loaded backend and its buffers.
@@ -111,6 +136,12 @@ impl<B: Backend> Embedder<B> {
         self.strand = strand;
         self.feature = feature;
         Ok(())
+    }
+
+    /// How later records join the strands' log-probabilities under `Strand::Both`
+    /// [default: `MeanProb`].
+    pub fn set_log_prob_join(&mut self, join: LogProbJoin) {
+        self.join = join;
     }
 
     pub fn engine(&self) -> &Engine<B> {
@@ -135,6 +166,23 @@ impl<B: Backend> Embedder<B> {
             (true, _) | (false, Strand::Fwd) => vec![Pass { rc: false, weight: 1.0 }],
             (false, Strand::Rc) => vec![Pass { rc: true, weight: 1.0 }],
             (false, Strand::Both) => vec![Pass { rc: false, weight: 0.5 }, Pass { rc: true, weight: 0.5 }],
+        }
+    }
+
+    /// Whether the passes' feature rows are joined by something other than their weighted
+    /// sum (then linear sinks cannot take them pass by pass either).
+    fn joins_nonlinearly(&self, passes: &[Pass]) -> bool {
+        passes.len() > 1 && self.feature == Feature::Logits && self.join == LogProbJoin::MeanProb
+    }
+
+    /// Fold pass `pass`'s feature row into `acc` (`first`: the first pass of this position):
+    /// the weighted sum, or for `MeanProb` log-probabilities the log of the mean probability.
+    fn join_pass(&self, nonlinear: bool, acc: &mut [f32], row: &[f32], pass: Pass, first: bool) {
+        match (nonlinear, first) {
+            (true, true) => acc.copy_from_slice(row),
+            (true, false) => acc.iter_mut().zip(row).for_each(|(a, r)| *a = log_mean_exp(*a, *r)),
+            (false, true) => acc.iter_mut().zip(row).for_each(|(a, r)| *a = pass.weight * r),
+            (false, false) => acc.iter_mut().zip(row).for_each(|(a, r)| *a += pass.weight * r),
         }
     }
 
@@ -221,13 +269,14 @@ impl<B: Backend> Embedder<B> {
             hidden[q].push((pass, h.iter().map(|&v| v as f32).collect()));
         })?;
         let mut row = vec![0.0; width];
+        let nonlinear = self.joins_nonlinearly(&self.passes());
         Ok(hidden
             .iter()
             .map(|passes| {
                 let mut o = vec![0.0f32; width];
-                for (pass, h) in passes {
+                for (k, (pass, h)) in passes.iter().enumerate() {
                     self.feature_row(h, pass.rc, &mut row);
-                    o.iter_mut().zip(&row).for_each(|(o, r)| *o += pass.weight * r);
+                    self.join_pass(nonlinear, &mut o, &row, *pass, k == 0);
                 }
                 o
             })
@@ -324,7 +373,8 @@ impl<B: Backend> Embedder<B> {
         let width = self.width();
         let hw = self.model.config.hidden_width();
         let passes = self.passes();
-        let hold = passes.len() > 1 && !sink.linear();
+        let nonlinear = self.joins_nonlinearly(&passes);
+        let hold = passes.len() > 1 && (!sink.linear() || nonlinear);
         let mut held: Vec<f32> = Vec::new();
         let mut block = Vec::new();
         let mut row = vec![0.0; width];
@@ -401,13 +451,12 @@ impl<B: Backend> Embedder<B> {
                         let pos = keep_start + done + j;
                         if !hold {
                             sink.add(pos, &row, pass.weight)?;
-                        } else if pi == 0 {
-                            let h = &mut held[(done + j) * width..][..width];
-                            h.iter_mut().zip(&row).for_each(|(h, r)| *h = pass.weight * r);
                         } else {
                             let h = &mut held[(done + j) * width..][..width];
-                            h.iter_mut().zip(&row).for_each(|(h, r)| *h += pass.weight * r);
-                            sink.add(pos, h, 1.0)?;
+                            self.join_pass(nonlinear, h, &row, *pass, pi == 0);
+                            if pi + 1 == passes.len() {
+                                sink.add(pos, h, 1.0)?;
+                            }
                         }
                     }
                     done += nb;

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use anyhow::Result;
 
 use crate::backend::Backend;
-use crate::embed::{Embedder, Feature, Sink, Strand};
+use crate::embed::{Embedder, Feature, LogProbJoin, Sink, Strand};
 use crate::tokenizer::{self, ACGT};
 
 /// [MASK] in the Caduceus vocabulary; its own complement.
@@ -58,7 +58,9 @@ pub struct Scorer<B: Backend> {
 }
 
 impl<B: Backend> Scorer<B> {
-    pub fn new(emb: Embedder<B>, score_context: usize, embed_window: usize) -> Self {
+    pub fn new(mut emb: Embedder<B>, score_context: usize, embed_window: usize) -> Self {
+        // scores are log-ratios averaged over the strands, so strands join as log-probabilities
+        emb.set_log_prob_join(LogProbJoin::MeanLogProb);
         Scorer { emb, score_context, embed_window, pack_bases: 131_072 }
     }
 

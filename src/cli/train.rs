@@ -20,7 +20,7 @@ use serde_json::json;
 use super::{for_each_record, load_model, on_backend, Common, OnBackend, Totals, Tiles};
 use crate::backend::Backend;
 use crate::embed::{Embedder, Feature, Strand};
-use crate::heads::features::{describe_features, BackboneFeatures, Featurizer, KmerFeatures};
+use crate::heads::features::{check_feature_size, describe_features, BackboneFeatures, Featurizer, KmerFeatures};
 use crate::heads::fit::{self, FitOptions, MlpOptions, Rng};
 use crate::heads::labels::{self, header_label, Interval, LabelTable};
 use crate::heads::metrics::{self, argmax, Scores};
@@ -345,6 +345,7 @@ fn compute(a: &TrainArgs, pooling: Pooling) -> Result<Prepared> {
     let (train, test, features, backbone, context, backend) = match a.features {
         Source::Kmer => {
             let mut km = KmerFeatures::new(&a.k, pooling)?;
+            check_feature_size(data.train.rows() + data.test.rows(), km.dim(), pooling)?;
             let (tr, te) = featurize(a, &data, &mut km)?;
             let dim = km.dim();
             (tr, te, describe_features(Source::Kmer, "both", pooling, &a.k, dim), None, None, km.describe())
@@ -366,6 +367,7 @@ fn compute(a: &TrainArgs, pooling: Pooling) -> Result<Prepared> {
                         bail!("--overlap ({overlap}) must be smaller than --context ({context})");
                     }
                     let emb = Embedder::new(backend, self.model.clone(), a.strand, Feature::Hidden, context, overlap)?;
+                    check_feature_size(self.data.train.rows() + self.data.test.rows(), emb.width(), self.pooling)?;
                     let mut bf = BackboneFeatures::new(emb, self.pooling);
                     let (tr, te) = featurize(a, self.data, &mut bf)?;
                     *self.out = Some((tr, te, bf.dim(), context, bf.describe()));
@@ -410,6 +412,7 @@ fn save_features(path: &Path, p: &Prepared) -> Result<()> {
 }
 
 fn load_features(path: &Path, a: &TrainArgs) -> Result<Prepared> {
+    // the file is read whole: every size below is checked against it before more is allocated
     let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
     let name = path.display();
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("{name}: not a safetensors file: {e}"))?;
@@ -418,20 +421,46 @@ fn load_features(path: &Path, a: &TrainArgs) -> Result<Prepared> {
         .as_ref()
         .and_then(|m| m.get(FEATURES_KEY))
         .map(|s| serde_json::from_str(s))
-        .transpose()?
+        .transpose()
+        .map_err(|e| anyhow!("{name}: the {FEATURES_KEY} metadata is not JSON: {e}"))?
         .ok_or_else(|| anyhow!("{name}: not a feature file of `train --save-features`"))?;
+    let field = |k: &str| doc.get(k).cloned().unwrap_or(serde_json::Value::Null);
+    let features: heads::Features = serde_json::from_value(field("features")).map_err(|e| anyhow!("{name}: metadata field features: {e}"))?;
+    let label_names: Vec<String> = serde_json::from_value(field("labels")).map_err(|e| anyhow!("{name}: metadata field labels: {e}"))?;
+    let d = features.dim;
+    if d == 0 {
+        bail!("{name}: the features have dim 0 (a feature vector needs at least one value)");
+    }
+    if label_names.len() < 2 {
+        bail!("{name}: {} label names; a head needs at least two", label_names.len());
+    }
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{name}: {e}"))?;
-    let get = |k: &str| -> Result<Vec<u8>> { Ok(st.tensor(k).map_err(|_| anyhow!("{name}: no tensor {k}"))?.data().to_vec()) };
-    let floats = |b: Vec<u8>| -> Vec<f32> { b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect() };
-    let ints = |b: Vec<u8>| -> Vec<u32> { b.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect() };
-    let features: heads::Features = serde_json::from_value(doc["features"].clone())?;
-    let label_names: Vec<String> = serde_json::from_value(doc["labels"].clone())?;
     let mat = |x: &str, y: &str| -> Result<Matrix> {
-        let m = Matrix { x: floats(get(x)?), y: ints(get(y)?), names: Vec::new() };
-        if m.x.len() != m.y.len() * features.dim || m.y.iter().any(|v| *v as usize >= label_names.len()) {
-            bail!("{name}: {x}/{y} do not fit {} features and {} labels", features.dim, label_names.len());
+        let tensor = |k: &str, dtype: safetensors::Dtype| {
+            let t = st.tensor(k).map_err(|_| anyhow!("{name}: no tensor {k}"))?;
+            if t.dtype() != dtype {
+                bail!("{name}: tensor {k} is {:?}, expected {dtype:?}", t.dtype());
+            }
+            Ok(t)
+        };
+        let (tx, ty) = (tensor(x, safetensors::Dtype::F32)?, tensor(y, safetensors::Dtype::U32)?);
+        let &[rows] = ty.shape() else { bail!("{name}: tensor {y} has shape {:?}, expected one label per row", ty.shape()) };
+        // safetensors checked that each shape matches its byte length, so rows × d is bounded by the file
+        if tx.shape() != [rows, d] {
+            bail!("{name}: tensor {x} has shape {:?}, expected [{rows}, {d}] ({rows} labels in {y}, dim {d} in the metadata)", tx.shape());
         }
-        Ok(Matrix { names: (0..m.y.len()).map(|i| (format!("row{i}"), None)).collect(), ..m })
+        let m = Matrix {
+            x: tx.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+            y: ty.data().chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect(),
+            names: (0..rows).map(|i| (format!("row{i}"), None)).collect(),
+        };
+        if let Some((i, v)) = m.y.iter().enumerate().find(|(_, v)| **v as usize >= label_names.len()) {
+            bail!("{name}: {y} row {i} has label index {v}, but the file names {} labels", label_names.len());
+        }
+        if let Some(i) = m.x.iter().position(|v| !v.is_finite()) {
+            bail!("{name}: {x} row {} column {} is not finite ({})", i / d, i % d, m.x[i]);
+        }
+        Ok(m)
     };
     if features.pooling.level() != a.level {
         bail!("{name}: these features are for --level {}", level_name(features.pooling.level()));
@@ -439,9 +468,9 @@ fn load_features(path: &Path, a: &TrainArgs) -> Result<Prepared> {
     Ok(Prepared {
         train: mat("x_train", "y_train")?,
         test: mat("x_test", "y_test")?,
-        backbone: serde_json::from_value(doc["backbone"].clone())?,
-        context: serde_json::from_value(doc["context"].clone())?,
-        about: doc["data"].clone(),
+        backbone: serde_json::from_value(field("backbone")).map_err(|e| anyhow!("{name}: metadata field backbone: {e}"))?,
+        context: serde_json::from_value(field("context")).map_err(|e| anyhow!("{name}: metadata field context: {e}"))?,
+        about: field("data"),
         backend: format!("features loaded from {name}"),
         features,
         label_names,

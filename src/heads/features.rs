@@ -173,3 +173,51 @@ pub fn describe_features(source: Source, strand: &str, pooling: Pooling, k: &[us
         dim,
     }
 }
+
+/// Feature matrices are held in memory for the fit (and copied once more, standardized), so
+/// their size is bounded before any feature is computed.
+pub const MAX_FEATURE_BYTES: u128 = 1 << 30;
+
+/// Refuse `rows` feature vectors pooled by `pooling` from rows of `width` values (backbone
+/// hidden states, or k-mer frequencies) when they would take more than `MAX_FEATURE_BYTES`.
+pub fn check_feature_size(rows: usize, width: usize, pooling: Pooling) -> Result<()> {
+    // u128: bins:N takes any N, and N × width must not wrap
+    let per_row = match pooling {
+        Pooling::Bins(n) => n as u128 * width as u128,
+        Pooling::Mean | Pooling::Window(_) => width as u128,
+    } * 4;
+    let total = per_row * rows as u128;
+    if total <= MAX_FEATURE_BYTES {
+        return Ok(());
+    }
+    let hint = match pooling {
+        Pooling::Bins(_) => match MAX_FEATURE_BYTES / (width as u128 * 4 * rows as u128) {
+            0 => "even bins:1 is too large: use fewer rows".to_string(),
+            most => format!("use at most bins:{most} for these rows"),
+        },
+        _ => "use fewer rows (--max-positions at position level)".to_string(),
+    };
+    bail!(
+        "--pool {pooling}: {rows} rows × {} features × 4 bytes = {:.1} GiB of features, over the limit of {} GiB (the fit holds them in memory); {hint}",
+        per_row / 4,
+        total as f64 / (1u64 << 30) as f64,
+        MAX_FEATURE_BYTES >> 30
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feature_size_is_bounded_without_overflow() {
+        assert!(check_feature_size(40, 256, Pooling::Bins(100)).is_ok());
+        // 2^30 bytes exactly is allowed, one row more is not
+        assert!(check_feature_size(1 << 20, 256, Pooling::Mean).is_ok());
+        let e = check_feature_size((1 << 20) + 1, 256, Pooling::Mean).unwrap_err().to_string();
+        assert!(e.contains("--max-positions"), "{e}");
+        let e = check_feature_size(40, 24, Pooling::Bins(usize::MAX)).unwrap_err().to_string();
+        assert!(e.contains("use at most bins:279620 "), "{e}");
+        assert!(check_feature_size(0, usize::MAX, Pooling::Bins(usize::MAX)).is_ok());
+    }
+}

@@ -655,8 +655,18 @@ pub const L2_GRID: [f64; 9] = [1.0, 3e-1, 1e-1, 3e-2, 1e-2, 1e-3, 1e-4, 1e-5, 1e
 /// Fit a head on raw features `x` (N×d) with labels `y` in 0..c.
 pub fn fit(x: &[f32], d: usize, y: &[u32], c: usize, o: &FitOptions) -> Result<Fitted> {
     let n = y.len();
-    if x.len() != n * d {
+    if d == 0 {
+        bail!("the features have no values (dim 0)");
+    }
+    if n.checked_mul(d) != Some(x.len()) {
         bail!("internal: {} feature values for {n} rows of {d}", x.len());
+    }
+    if let Some((i, k)) = y.iter().enumerate().find(|(_, k)| **k as usize >= c) {
+        bail!("training row {i} has label index {k}, but there are {c} labels");
+    }
+    // one NaN would make every parameter NaN, and the head would predict nothing
+    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+        bail!("training row {} has a non-finite feature value ({}) in column {}", i / d, x[i], i % d);
     }
     let mut count = vec![0usize; c];
     y.iter().for_each(|&k| count[k as usize] += 1);
@@ -930,5 +940,17 @@ mod tests {
         let w = row_weights(&y, 2, true);
         assert!((w[0] * 3.0 - w[3]).abs() < 1e-6);
         assert!((w.iter().sum::<f32>() - 4.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors_not_panics() {
+        let o = FitOptions::default();
+        let err = |x: &[f32], d: usize, y: &[u32]| fit(x, d, y, 2, &o).err().expect("an error").to_string();
+        let e = err(&[], 0, &[0, 1]);
+        assert!(e.contains("dim 0"), "{e}");
+        let e = err(&[0.0, 1.0], 1, &[0, 2]);
+        assert!(e.contains("label index 2"), "{e}");
+        let e = err(&[0.0, 1.0, f32::NAN, 3.0], 2, &[0, 1]);
+        assert!(e.contains("row 1") && e.contains("column 0"), "{e}");
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::error::ModelError;
@@ -34,47 +34,47 @@ pub struct Config {
     pub model_max_length: Option<usize>,
 }
 
-#[derive(Deserialize)]
-struct Raw {
-    model_type: Option<String>,
-    d_model: usize,
-    n_layer: usize,
-    vocab_size: usize,
-    #[serde(default = "default_pad")]
-    pad_vocab_size_multiple: usize,
-    #[serde(default)]
-    ssm_cfg: Option<BTreeMap<String, Value>>,
-    #[serde(default = "yes")]
-    rms_norm: bool,
-    #[serde(default = "default_eps")]
-    norm_epsilon: f64,
-    #[serde(default = "yes")]
-    fused_add_norm: bool,
-    #[serde(default = "yes")]
-    bidirectional: bool,
-    #[serde(default = "default_strategy")]
-    bidirectional_strategy: Option<String>,
-    #[serde(default = "yes")]
-    bidirectional_weight_tie: bool,
-    #[serde(default)]
-    rcps: bool,
-    #[serde(default)]
-    complement_map: Option<BTreeMap<String, usize>>,
-    #[serde(default)]
-    d_intermediate: usize,
+/// Upper limits on the sizes config.json may state, checked before anything is allocated:
+/// far above any released checkpoint (d_model 2560, 64 layers, vocabulary 50280), low enough
+/// that every derived size is computed without overflow. Whether the sizes are the file's is
+/// checked against the tensor shapes of model.safetensors (`weights`).
+const MAX_D_MODEL: u64 = 1 << 20;
+const MAX_LAYERS: u64 = 1 << 16;
+const MAX_VOCAB: u64 = 1 << 24;
+/// ssm_cfg sizes (d_state, d_conv, expand, dt_rank).
+const MAX_SSM: u64 = 1 << 16;
+
+/// The top-level fields of config.json, read one by one so that every error names its field.
+struct Fields(serde_json::Map<String, Value>);
+
+impl Fields {
+    /// A field's value; `null` counts as absent (transformers writes unset options as null).
+    fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, ModelError> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => serde_json::from_value(v.clone()).map(Some).map_err(|e| ModelError::Config(format!("{key}: {e}"))),
+        }
+    }
+
+    fn flag(&self, key: &str, default: bool) -> Result<bool, ModelError> {
+        Ok(self.get(key)?.unwrap_or(default))
+    }
+
+    /// A size in 1..=max (`default` when absent; `None`: the field is required).
+    fn size(&self, key: &str, max: u64, default: Option<usize>) -> Result<usize, ModelError> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => default.ok_or_else(|| ModelError::Config(format!("{key} is missing"))),
+            Some(v) => size_value(key, v, 1, max),
+        }
+    }
 }
 
-fn yes() -> bool {
-    true
-}
-fn default_pad() -> usize {
-    8
-}
-fn default_eps() -> f64 {
-    1e-5
-}
-fn default_strategy() -> Option<String> {
-    Some("add".into())
+/// A JSON integer in min..=max, or an error naming `key`.
+fn size_value(key: &str, v: &Value, min: u64, max: u64) -> Result<usize, ModelError> {
+    v.as_u64()
+        .filter(|n| (min..=max).contains(n))
+        .map(|n| n as usize)
+        .ok_or_else(|| ModelError::Config(format!("{key} must be an integer from {min} to {max}, found {v}")))
 }
 
 /// `ssm_cfg` keys that only matter at initialisation or for the fused kernel choice.
@@ -122,22 +122,28 @@ impl Config {
 
     pub fn from_json(text: &str) -> Result<Self, ModelError> {
         let bad = |m: String| ModelError::Config(m);
-        let raw: Raw = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-        if let Some(t) = &raw.model_type {
+        let raw = match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => Fields(map),
+            Ok(_) => return Err(bad("not a JSON object".into())),
+            // also numbers beyond f64 (1e999): JSON has no infinities, serde_json refuses them
+            Err(e) => return Err(bad(format!("not valid JSON: {e}"))),
+        };
+        if let Some(t) = raw.get::<String>("model_type")? {
             if t != "caduceus" {
                 return Err(bad(format!(
                     "model_type \"{t}\" is not supported (expected \"caduceus\")"
                 )));
             }
         }
-        if !raw.rms_norm {
+        if !raw.flag("rms_norm", true)? {
             return Err(bad("rms_norm=false (LayerNorm) is not supported".into()));
         }
-        if raw.d_intermediate != 0 {
+        if raw.get::<u64>("d_intermediate")?.unwrap_or(0) != 0 {
             return Err(bad("d_intermediate > 0 (gated MLP blocks) is not supported".into()));
         }
-        if raw.bidirectional {
-            match raw.bidirectional_strategy.as_deref() {
+        let bidirectional = raw.flag("bidirectional", true)?;
+        if bidirectional {
+            match raw.get::<String>("bidirectional_strategy")?.as_deref() {
                 Some("add") | None => {}
                 Some(s) => {
                     return Err(bad(format!(
@@ -146,33 +152,42 @@ impl Config {
                 }
             }
         }
-        if raw.d_model == 0 || raw.n_layer == 0 || raw.vocab_size == 0 {
-            return Err(bad("d_model, n_layer and vocab_size must be positive".into()));
-        }
+        // RMSNorm divides by sqrt(mean(v²) + eps): a negative eps takes the root of a negative
+        // number for every row with mean(v²) < -eps (all-NaN output), zero divides an all-zero
+        // row by zero; the forward pass computes with eps as an f32, so it must be one.
+        let eps32 = match raw.0.get("norm_epsilon") {
+            None | Some(Value::Null) => 1e-5,
+            Some(v) => v
+                .as_f64()
+                .map(|e| e as f32)
+                .filter(|e| *e > 0.0 && e.is_finite())
+                .ok_or_else(|| {
+                    bad(format!("norm_epsilon must be a positive number that f32 can hold (1e-5 in released models), found {v}"))
+                })?,
+        };
         let mut cfg = Config {
-            d_model: raw.d_model,
-            n_layer: raw.n_layer,
-            vocab_size: raw.vocab_size,
-            pad_vocab_size_multiple: raw.pad_vocab_size_multiple,
+            d_model: raw.size("d_model", MAX_D_MODEL, None)?,
+            n_layer: raw.size("n_layer", MAX_LAYERS, None)?,
+            vocab_size: raw.size("vocab_size", MAX_VOCAB, None)?,
+            // 0 means no padding, as 1 does
+            pad_vocab_size_multiple: match raw.0.get("pad_vocab_size_multiple") {
+                None | Some(Value::Null) => 8,
+                Some(v) => size_value("pad_vocab_size_multiple", v, 0, MAX_VOCAB)?,
+            },
             d_state: 16,
             d_conv: 4,
             expand: 2,
             dt_rank: None,
-            norm_epsilon: raw.norm_epsilon as f32,
-            fused_add_norm: raw.fused_add_norm,
-            bidirectional: raw.bidirectional,
-            weight_tie: raw.bidirectional_weight_tie,
-            rcps: raw.rcps,
+            norm_epsilon: eps32,
+            fused_add_norm: raw.flag("fused_add_norm", true)?,
+            bidirectional,
+            weight_tie: raw.flag("bidirectional_weight_tie", true)?,
+            rcps: raw.flag("rcps", false)?,
             complement_map: None,
             model_max_length: None,
         };
-        for (key, v) in raw.ssm_cfg.unwrap_or_default() {
-            let as_usize = |v: &Value| {
-                v.as_u64()
-                    .filter(|&n| n > 0 && n < 1 << 20)
-                    .map(|n| n as usize)
-                    .ok_or_else(|| bad(format!("ssm_cfg.{key} must be a positive integer, found {v}")))
-            };
+        for (key, v) in raw.get::<BTreeMap<String, Value>>("ssm_cfg")?.unwrap_or_default() {
+            let as_usize = |v: &Value| size_value(&format!("ssm_cfg.{key}"), v, 1, MAX_SSM);
             match key.as_str() {
                 "d_state" => cfg.d_state = as_usize(&v)?,
                 "d_conv" => cfg.d_conv = as_usize(&v)?,
@@ -199,9 +214,17 @@ impl Config {
                 k => return Err(bad(format!("unknown ssm_cfg option \"{k}\""))),
             }
         }
-        if let Some(map) = raw.complement_map {
+        if let Some(map) = raw.get::<BTreeMap<String, usize>>("complement_map")? {
+            // every id needs an entry; checked first so that the buffer is the map's size
+            if map.len() < cfg.vocab_size {
+                return Err(bad(format!(
+                    "complement_map has {} entries, fewer than vocab_size ({})",
+                    map.len(),
+                    cfg.vocab_size
+                )));
+            }
             // transformers writes keys sorted as strings ("0","1","10",...): order by integer.
-            let mut m = vec![usize::MAX; cfg.vocab_size.max(map.len())];
+            let mut m = vec![usize::MAX; map.len()];
             for (k, v) in map {
                 let i: usize = k
                     .parse()

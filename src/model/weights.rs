@@ -162,6 +162,72 @@ fn to_f32(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>, ModelError>
     Ok(v)
 }
 
+/// Compare the sizes config.json states with the tensor shapes of the file's header, before
+/// anything is allocated from them: a config claiming 10^9 layers or a 10^12-row vocabulary
+/// is refused here, by name, instead of by the allocator. (Every other tensor's shape is
+/// checked as it is read, also before its data is copied.)
+fn check_sizes(cfg: &Config, st: &SafeTensors, prefix: &str, emb_name: &str, path: &Path) -> Result<(), ModelError> {
+    let config = path.with_file_name("config.json");
+    let mismatch = |msg: String| ModelError::Config(format!("{}: {msg}", config.display()));
+    let file = path.display();
+    let (d, v) = (cfg.d_model, cfg.vocab_padded());
+    let emb = format!("{prefix}{emb_name}");
+    if let Ok(t) = st.tensor(&emb) {
+        if let [rows, cols] = *t.shape() {
+            let mut fields = Vec::new();
+            if cols != d {
+                fields.push(format!("d_model {d}"));
+            }
+            if rows != v {
+                fields.push(format!(
+                    "vocab_size {} (padded to a multiple of {}: {v})",
+                    cfg.vocab_size, cfg.pad_vocab_size_multiple
+                ));
+            }
+            if !fields.is_empty() {
+                return Err(mismatch(format!(
+                    "{} does not match {file}: tensor {emb}: expected shape [{v}, {d}], found [{rows}, {cols}]",
+                    fields.join(" and ")
+                )));
+            }
+        }
+    }
+    let layer_prefix = format!("{prefix}layers.");
+    let last = st
+        .names()
+        .iter()
+        .filter_map(|n| n.strip_prefix(&layer_prefix)?.split('.').next()?.parse::<usize>().ok())
+        .max();
+    if last.map_or(0, |l| l + 1) != cfg.n_layer {
+        let held = match last {
+            Some(l) => format!("layers 0 to {l}"),
+            None => "no layers".into(),
+        };
+        return Err(mismatch(format!("n_layer is {}, but {file} holds {held}", cfg.n_layer)));
+    }
+    let (di, n, k, rk) = (cfg.d_inner(), cfg.d_state, cfg.d_conv, cfg.dt_rank());
+    let mixer = if cfg.rcps { "mixer.submodule." } else { "mixer." };
+    let layer0 = format!("{layer_prefix}0.{mixer}mamba_fwd.");
+    for (tensor, want, fields) in [
+        ("in_proj.weight", vec![2 * di, d], "ssm_cfg.expand"),
+        ("conv1d.weight", vec![di, 1, k], "ssm_cfg.d_conv"),
+        ("A_log", vec![di, n], "ssm_cfg.d_state"),
+        ("x_proj.weight", vec![rk + 2 * n, di], "ssm_cfg.dt_rank"),
+    ] {
+        let name = format!("{layer0}{tensor}");
+        if let Ok(t) = st.tensor(&name) {
+            if t.shape() != want.as_slice() {
+                return Err(mismatch(format!(
+                    "{fields} does not match {file} (with d_model {d}, expand {}, d_state {n}, d_conv {k}, dt_rank {rk}): tensor {name}: expected shape {want:?}, found {:?}",
+                    cfg.expand,
+                    t.shape()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Weights {
     /// Read a model folder's `model.safetensors` (refusing pickles with a hint).
     pub fn from_dir(cfg: &Config, dir: &Path) -> Result<Self, ModelError> {
@@ -201,6 +267,7 @@ impl Weights {
         } else {
             "embeddings.word_embeddings.weight"
         };
+        check_sizes(cfg, &r.st, prefix, emb_name, path)?;
         let embedding = r.take(emb_name, &[v, d])?;
         let buf_map = r.complement(&format!("{prefix}embeddings.word_embeddings.complement_map"), v)?;
         let head_map = r.complement("lm_head.complement_map", v)?;

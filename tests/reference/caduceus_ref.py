@@ -423,7 +423,10 @@ def all_outputs(m, ids):
         both = (out + rcv) / 2
     lpf = lp_acgt(logits)
     lpr = lp_acgt(logits_rc)
-    lp_both = (lpf + flipL(lpr)[:, ::-1]) / 2  # comp(b) = 3-b for A,C,G,T order
+    # the two strands' distributions averaged: log((p_fwd + p_rc) / 2), a distribution again
+    # (issue 14, item 8); the rc strand in forward coordinates predicts the complementary base,
+    # comp(b) = 3-b in A,C,G,T order
+    lp_both = np.logaddexp(lpf, flipL(lpr)[:, ::-1]) - np.log(2.0)
     return {"hidden": out, "logits": logits, "both": both, "rc": rcv, "lp_both": lp_both, "lp_fwd": lpf,
             "_out_rc": out_rc, "_logits_rc": logits_rc}
 
@@ -659,6 +662,8 @@ def main():
                   maxabs(o_rc["lp_both"], flipL(o["lp_both"])[:, ::-1]), 1e-10)
             check(f"{name}/{rid}: lp rows normalized",
                   float(np.max(np.abs(np.log(np.sum(np.exp(o["lp_fwd"]), axis=1))))), 1e-12)
+            check(f"{name}/{rid}: lp_both rows normalized",
+                  float(np.max(np.abs(np.log(np.sum(np.exp(o["lp_both"]), axis=1))))), 1e-12)
             if rcps:
                 check(f"{name}/{rid}: PS out(rc x) == flipLC_2D(out(x))",
                       maxabs(o["_out_rc"], flipLC(o["hidden"])), 1e-10)
@@ -739,6 +744,8 @@ def main():
     total = 0
     print("== files")
     for dp, _, fs in sorted(os.walk(FIX)):
+        if os.path.relpath(dp, FIX).split(os.sep)[0] == "default_parity":
+            continue  # written by train/ (the default model's parity data), not by this script
         for fn in sorted(fs):
             pth = os.path.join(dp, fn)
             sz = os.path.getsize(pth)
