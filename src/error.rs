@@ -11,14 +11,9 @@ pub enum ModelError {
     /// config.json is malformed or asks for something we do not compute.
     #[error("{0}")]
     Config(String),
-    /// Only a pickled PyTorch checkpoint was found.
-    #[error(
-        "{}: pickled PyTorch checkpoints are not loaded (they can run code); convert it once with \
-         `python -c \"import torch; from safetensors.torch import save_file; \
-         save_file(torch.load('pytorch_model.bin'), 'model.safetensors')\"`",
-        path.display()
-    )]
-    Pickle { path: PathBuf },
+    /// A PyTorch checkpoint that cannot be read (or must not be: see model::torch).
+    #[error("{}: {msg}", path.display())]
+    Torch { path: PathBuf, msg: String },
     /// model.safetensors is not a valid safetensors file.
     #[error("{}: not a valid safetensors file: {msg}", path.display())]
     Safetensors { path: PathBuf, msg: String },

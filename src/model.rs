@@ -4,6 +4,7 @@ pub mod config;
 pub mod default;
 pub mod forward;
 pub mod lm_head;
+pub mod tensors;
 pub mod torch;
 pub mod vocab;
 pub mod weights;

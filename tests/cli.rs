@@ -258,7 +258,7 @@ fn bad_inputs_fail_cleanly() {
     fails(&["info", "-m", truncm.to_str().unwrap()], "not a valid safetensors file");
     std::fs::remove_file(truncm.join("model.safetensors")).unwrap();
     std::fs::write(truncm.join("pytorch_model.bin"), b"PK").unwrap();
-    fails(&["info", "-m", truncm.to_str().unwrap()], "convert it");
+    fails(&["info", "-m", truncm.to_str().unwrap()], "not a PyTorch checkpoint");
     fails(&["info", "-m", d.join("nowhere").to_str().unwrap()], "not found");
     // wrong shapes and unknown tensors name the tensor
     let wrong = d.join("wrong");

@@ -1,4 +1,5 @@
-//! Load and validate `model.safetensors` in the released Caduceus layout (model-format.md §1.4).
+//! Load and validate a checkpoint in the released Caduceus layout (model-format.md §1.4), from
+//! whichever files hold it (`tensors`: safetensors or PyTorch, single or sharded).
 //!
 //! Tensors are looked up by name (file order is by dtype), widened to f32, and checked for
 //! shape before anything is computed. Tied tensors are absent from released files: the
@@ -10,6 +11,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use safetensors::{Dtype, SafeTensors};
+
+use super::tensors::{self, Tensors};
 
 use super::config::Config;
 use crate::error::ModelError;
@@ -72,7 +75,7 @@ pub fn default_complement(n: usize) -> Vec<usize> {
 }
 
 struct Reader<'a> {
-    st: SafeTensors<'a>,
+    st: Tensors<'a>,
     prefix: &'static str,
     /// Names not yet consumed; whatever is left at the end matches no known tensor.
     left: BTreeSet<String>,
@@ -86,19 +89,19 @@ impl<'a> Reader<'a> {
     }
 
     fn take_full(&mut self, full: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
-        let t = self.st.tensor(full).map_err(|_| ModelError::MissingTensor {
+        let t = self.st.get(full).ok_or_else(|| ModelError::MissingTensor {
             name: full.to_string(),
             expected: shape.to_vec(),
         })?;
         self.left.remove(full);
-        if t.shape() != shape {
+        if t.shape != shape {
             return Err(ModelError::Shape {
                 name: full.to_string(),
                 expected: shape.to_vec(),
-                found: t.shape().to_vec(),
+                found: t.shape.to_vec(),
             });
         }
-        let v = to_f32(full, t.dtype(), t.data())?;
+        let v = to_f32(full, t.dtype, t.data)?;
         self.n_params += v.len();
         Ok(v)
     }
@@ -113,19 +116,19 @@ impl<'a> Reader<'a> {
             return Ok(None);
         }
         self.left.remove(full);
-        let t = self.st.tensor(full).expect("listed name");
-        if t.dtype() != Dtype::I64 {
+        let t = self.st.get(full).expect("listed name");
+        if t.dtype != Dtype::I64 {
             return Err(ModelError::Dtype {
                 name: full.into(),
                 expected: "I64",
-                found: format!("{:?}", t.dtype()),
+                found: format!("{:?}", t.dtype),
             });
         }
-        if t.shape() != [n] {
-            return Err(ModelError::Shape { name: full.into(), expected: vec![n], found: t.shape().to_vec() });
+        if t.shape != [n] {
+            return Err(ModelError::Shape { name: full.into(), expected: vec![n], found: t.shape.to_vec() });
         }
         let map: Vec<usize> = t
-            .data()
+            .data
             .chunks_exact(8)
             .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
             .map(|v| usize::try_from(v).ok().filter(|&v| v < n).unwrap_or(usize::MAX))
@@ -166,14 +169,14 @@ fn to_f32(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>, ModelError>
 /// anything is allocated from them: a config claiming 10^9 layers or a 10^12-row vocabulary
 /// is refused here, by name, instead of by the allocator. (Every other tensor's shape is
 /// checked as it is read, also before its data is copied.)
-fn check_sizes(cfg: &Config, st: &SafeTensors, prefix: &str, emb_name: &str, path: &Path) -> Result<(), ModelError> {
+fn check_sizes(cfg: &Config, st: &Tensors, prefix: &str, emb_name: &str, path: &Path) -> Result<(), ModelError> {
     let config = path.with_file_name("config.json");
     let mismatch = |msg: String| ModelError::Config(format!("{}: {msg}", config.display()));
     let file = path.display();
     let (d, v) = (cfg.d_model, cfg.vocab_padded());
     let emb = format!("{prefix}{emb_name}");
-    if let Ok(t) = st.tensor(&emb) {
-        if let [rows, cols] = *t.shape() {
+    if let Some(t) = st.get(&emb) {
+        if let [rows, cols] = *t.shape {
             let mut fields = Vec::new();
             if cols != d {
                 fields.push(format!("d_model {d}"));
@@ -215,12 +218,12 @@ fn check_sizes(cfg: &Config, st: &SafeTensors, prefix: &str, emb_name: &str, pat
         ("x_proj.weight", vec![rk + 2 * n, di], "ssm_cfg.dt_rank"),
     ] {
         let name = format!("{layer0}{tensor}");
-        if let Ok(t) = st.tensor(&name) {
-            if t.shape() != want.as_slice() {
+        if let Some(t) = st.get(&name) {
+            if t.shape != want.as_slice() {
                 return Err(mismatch(format!(
                     "{fields} does not match {file} (with d_model {d}, expand {}, d_state {n}, d_conv {k}, dt_rank {rk}): tensor {name}: expected shape {want:?}, found {:?}",
                     cfg.expand,
-                    t.shape()
+                    t.shape
                 )));
             }
         }
@@ -229,29 +232,30 @@ fn check_sizes(cfg: &Config, st: &SafeTensors, prefix: &str, emb_name: &str, pat
 }
 
 impl Weights {
-    /// Read a model folder's `model.safetensors` (refusing pickles with a hint).
+    /// Read a model folder's weights, whichever files hold them (see `tensors::find`).
     pub fn from_dir(cfg: &Config, dir: &Path) -> Result<Self, ModelError> {
-        let path = dir.join("model.safetensors");
-        if !path.exists() {
-            for bin in ["pytorch_model.bin", "model.bin"] {
-                if dir.join(bin).exists() {
-                    return Err(ModelError::Pickle { path: dir.join(bin) });
-                }
-            }
-        }
-        let file = std::fs::File::open(&path).map_err(|e| ModelError::Io { path: path.clone(), err: e })?;
-        // SAFETY: the map is only read while this function runs; a concurrent truncation by
-        // another process would be a SIGBUS, which read() could not prevent either.
-        let map = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|e| ModelError::Io { path: path.clone(), err: e })?;
-        Self::from_bytes(cfg, &map, &path)
+        let layout = tensors::find(dir)?;
+        let maps = tensors::map(&layout)?;
+        let first = match &layout {
+            tensors::Layout::Safetensors(p) | tensors::Layout::Torch(p) => p[0].clone(),
+        };
+        Self::from_tensors(cfg, tensors::open(&layout, &maps)?, &first)
     }
 
-    /// Parse safetensors bytes (a mapped file or the embedded default model).
+    /// Parse safetensors bytes (the embedded default model).
     pub fn from_bytes(cfg: &Config, bytes: &[u8], path: &Path) -> Result<Self, ModelError> {
-        let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| ModelError::Safetensors { path: path.to_path_buf(), msg: e.to_string() })?;
+        Self::from_tensors(cfg, Tensors::safetensors(bytes, path)?, path)
+    }
+
+    /// `path` names the (first) weights file in messages.
+    fn from_tensors(cfg: &Config, st: Tensors, path: &Path) -> Result<Self, ModelError> {
         let names: BTreeSet<String> = st.names().into_iter().map(String::from).collect();
+        if let Some(n) = names.iter().find(|n| n.ends_with(".dt_bias") || (n.contains(".mixer.") && n.ends_with("norm.weight"))) {
+            return Err(ModelError::Config(format!(
+                "{}: tensor {n} belongs to a Mamba-2 mixer (dt_bias and a norm inside the mixer, no x_proj); Mamba-2 checkpoints (PlantCAD2, ...) are not supported yet, only Mamba-1 (Caduceus, PlantCaduceus)",
+                path.display()
+            )));
+        }
         // Saved from `CaduceusForMaskedLM` the keys start with `caduceus.`; from the base class not.
         let prefix = if names.iter().any(|n| n.starts_with("caduceus.backbone.")) {
             "caduceus.backbone."
@@ -303,11 +307,23 @@ impl Weights {
                 let p = format!("layers.{i}.{mixer}{dir}.");
                 let (in_proj, out_proj) = match shared {
                     Some(m) => {
-                        // Tied: absent from released files; tolerate a copy written by other tools.
+                        // Tied: absent from released safetensors; a saved module (.bin) stores
+                        // them as the forward ones' storage, which they must then equal.
                         let pre = r.prefix;
-                        let full = |t: &str| format!("{pre}{p}{t}");
-                        r.left.remove(&full("in_proj.weight"));
-                        r.left.remove(&full("out_proj.weight"));
+                        for (t, fwd) in [("in_proj.weight", &m.in_proj), ("out_proj.weight", &m.out_proj)] {
+                            let full = format!("{pre}{p}{t}");
+                            if r.left.remove(&full) {
+                                let v = r.st.get(&full).expect("listed name");
+                                let same = v.shape.iter().product::<usize>() == fwd.len()
+                                    && to_f32(&full, v.dtype, v.data).is_ok_and(|x| x[..] == fwd[..]);
+                                if !same {
+                                    return Err(ModelError::Value {
+                                        name: full,
+                                        msg: "differs from the forward mixer's, but config.json ties them (bidirectional_weight_tie)".into(),
+                                    });
+                                }
+                            }
+                        }
                         (m.in_proj.clone(), m.out_proj.clone())
                     }
                     None => (
