@@ -3,6 +3,7 @@
 pub mod config;
 pub mod default;
 pub mod forward;
+pub mod hub;
 pub mod lm_head;
 pub mod tensors;
 pub mod torch;
@@ -25,8 +26,10 @@ pub struct Model {
 }
 
 impl Model {
-    /// Load a Hugging Face style folder: config.json + model.safetensors.
+    /// Load a Hugging Face style folder (config.json + weights), or a repository id found in
+    /// the local Hugging Face cache (`hub`).
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        let dir = &hub::resolve(dir)?;
         if !dir.is_dir() {
             return Err(ModelError::Io {
                 path: dir.to_path_buf(),
