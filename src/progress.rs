@@ -35,22 +35,22 @@ fn input_share() -> Option<f64> {
     (size > 0).then(|| (INPUT_READ.load(Ordering::Relaxed) as f64 / size as f64).min(1.0) * 100.0)
 }
 
-/// `1.2 M`, `870 k`, `12`: three significant digits at most, SI prefixes.
+/// `1.20 M`, `870 k`, `12`: three significant digits at most, SI prefixes.
 pub fn human(x: f64) -> String {
     let (v, unit) = match x {
         x if x >= 1e12 => (x / 1e12, " T"),
         x if x >= 1e9 => (x / 1e9, " G"),
         x if x >= 1e6 => (x / 1e6, " M"),
         x if x >= 1e3 => (x / 1e3, " k"),
-        x => (x, " "),
+        x => (x, ""),
     };
-    let digits = if v >= 100.0 || unit == " " { 0 } else if v >= 10.0 { 1 } else { 2 };
+    let digits = if v >= 100.0 || unit.is_empty() { 0 } else if v >= 10.0 { 1 } else { 2 };
     format!("{v:.digits$}{unit}")
 }
 
 /// The text after the spinner and the elapsed time.
 fn line(records: u64, state: &ProgressState) -> String {
-    let mut s = format!("{records} records, {} bases, {}bases/s", indicatif::HumanCount(state.pos()), human(state.per_sec()));
+    let mut s = format!("{records} records, {} bases, {} bases/s", indicatif::HumanCount(state.pos()), human(state.per_sec()));
     if let Some(p) = input_share() {
         let _ = write!(s, ", {p:.0}% of the input read");
     }
@@ -78,12 +78,11 @@ impl TermLike for Lines {
         Ok(())
     }
     fn write_line(&self, s: &str) -> std::io::Result<()> {
-        eprintln!("{s}");
+        eprintln!("{}", s.trim_end());
         Ok(())
     }
     fn write_str(&self, s: &str) -> std::io::Result<()> {
-        eprint!("{s}");
-        Ok(())
+        self.write_line(s)
     }
     fn clear_line(&self) -> std::io::Result<()> {
         Ok(())
@@ -173,8 +172,8 @@ mod tests {
 
     #[test]
     fn human_rates() {
-        assert_eq!(human(0.0), "0 ");
-        assert_eq!(human(999.4), "999 ");
+        assert_eq!(human(0.0), "0");
+        assert_eq!(human(999.4), "999");
         assert_eq!(human(1234.0), "1.23 k");
         assert_eq!(human(1_200_000.0), "1.20 M");
         assert_eq!(human(45_600_000.0), "45.6 M");

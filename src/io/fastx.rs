@@ -93,7 +93,7 @@ impl Reader {
             next: None,
             header: Vec::new(),
         };
-        r.format = r.sniff().map_err(|e| anyhow!("{name}: {e}"))?;
+        r.format = r.sniff()?;
         r.next = r.parse();
         match &r.next {
             Some(Err(e)) if !e.skippable => Err(anyhow!("{e}")),
@@ -139,14 +139,17 @@ impl Reader {
         Some(out)
     }
 
-    fn sniff(&mut self) -> io::Result<Format> {
-        self.skip_blank_lines()?;
-        let head = self.input.fill(4)?;
+    fn sniff(&mut self) -> Result<Format> {
+        self.skip_blank_lines().map_err(|e| self.io_error(e))?;
+        let head = match self.input.fill(4) {
+            Ok(h) => h,
+            Err(e) => return Err(self.io_error(e).into()),
+        };
         match head.first() {
             None => Ok(Format::Empty),
             Some(b'>') => Ok(Format::Fasta),
             Some(b'@') => Ok(Format::Fastq),
-            Some(&b) => Err(io::Error::other(not_fastx(&self.name, head, b))),
+            Some(&b) => Err(anyhow!("{}: {}", self.name, not_fastx(&self.name, head, b))),
         }
     }
 
