@@ -110,6 +110,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Classify(a) => Some(&a.common),
         Command::Train(a) => Some(&a.common),
     };
+    no_input_from_a_terminal(&cli.command)?;
     if let Some(n) = common.and_then(|c| c.threads) {
         if n == 0 {
             bail!("--threads must be at least 1");
@@ -132,6 +133,26 @@ pub fn flag_value<T: clap::ValueEnum>(v: &T) -> String {
     v.to_possible_value().map(|p| p.get_name().to_string()).unwrap_or_default()
 }
 
+/// `embed` or `classify` with no input reads stdin; on a terminal that would wait for typed
+/// records: print the usage instead and fail, as samtools does.
+fn no_input_from_a_terminal(command: &Command) -> Result<()> {
+    use std::io::IsTerminal;
+    let (name, inputs) = match command {
+        Command::Embed(a) => ("embed", &a.inputs),
+        Command::Classify(a) => ("classify", &a.inputs),
+        _ => return Ok(()),
+    };
+    if !inputs.iter().any(|i| i == "-") || !std::io::stdin().is_terminal() {
+        return Ok(());
+    }
+    let mut cli = <Cli as clap::CommandFactory>::command();
+    cli.build();
+    if let Some(sub) = cli.find_subcommand_mut(name) {
+        eprintln!("{}", sub.render_help());
+    }
+    bail!("{name}: no input file given and stdin is a terminal: name FASTA/FASTQ files, or pipe records in")
+}
+
 pub(crate) fn load_model(common: &Common) -> Result<Arc<Model>> {
     load_model_from(common.model.as_deref())
 }
@@ -151,14 +172,30 @@ pub(crate) struct Totals {
     pub bases: usize,
     pub unknown: usize,
     pub skipped: usize,
+    /// Where the first [UNK] base was: `x.fa, record 'r3'`.
+    pub first_unknown: Option<String>,
+    /// Warnings about the inputs (a BGZF file without its EOF block), for the closing lines.
+    pub warnings: Vec<String>,
 }
 
 impl Totals {
-    /// The run's closing lines on stderr: how many bases were [UNK], then
-    /// `dna-mamba: <verb>N records (K skipped), B bases<what> in S s (R bases/s) on <on>`.
+    /// Counts `n` [UNK] bases of the record that `at` names.
+    pub fn count_unknown(&mut self, n: usize, at: impl FnOnce() -> String) {
+        if n > 0 && self.first_unknown.is_none() {
+            self.first_unknown = Some(at());
+        }
+        self.unknown += n;
+    }
+
+    /// The run's closing lines on stderr: warnings about the inputs, how many bases were [UNK],
+    /// then `dna-mamba: <verb>N records (K skipped), B bases<what> in S s (R bases/s) on <on>`.
     pub fn report(&self, verb: &str, what: &str, secs: f64, on: &str) {
+        for w in &self.warnings {
+            eprintln!("warning: {w}");
+        }
         if self.unknown > 0 {
-            eprintln!("warning: {} bases were not A/C/G/T/N and were read as [UNK]", self.unknown);
+            let first = self.first_unknown.as_deref().map(|f| format!(" (the first in {f})")).unwrap_or_default();
+            eprintln!("warning: {} bases were not A/C/G/T/N and were read as [UNK]{first}", self.unknown);
         }
         let skipped = if self.skipped > 0 { format!(" ({} skipped as unreadable)", self.skipped) } else { String::new() };
         eprintln!(
@@ -290,8 +327,8 @@ pub(crate) fn for_each_region(
     let (mut fa, spans) = resolve_regions(fasta, regions, bed)?;
     for span in spans {
         let seq = fa.fetch(&span.name, span.start, span.end)?;
-        totals.unknown += tokenizer::encode_into(&seq, tokens);
         let label = span.label();
+        totals.count_unknown(tokenizer::encode_into(&seq, tokens), || format!("{}, region {label}", fa.name));
         f(&label, tokens, span.start).with_context(|| format!("{}: region {label}", fa.name))?;
         totals.records += 1;
         totals.bases += tokens.len();
@@ -300,8 +337,12 @@ pub(crate) fn for_each_region(
 }
 
 /// Read every record of every input, tokenize, and hand it on. A record that cannot be read
-/// stops the run, or with `skip_bad` is named on stderr, counted, and passed over (a stream
-/// that breaks off mid-file ends that file).
+/// stops the run; with `skip_bad` a record whose extent the reader knows (a FASTQ quality line
+/// of the wrong length, an empty sequence, a record cut off by the end of the file) is named on
+/// stderr, counted, and passed over. Where the reader cannot find the next record (a malformed
+/// line, a corrupt or truncated compressed stream, an unreadable file) the run stops even with
+/// `skip_bad`, and the error says how many records were passed on and skipped before it: no
+/// record is ever left unaccounted for with a successful exit.
 pub(crate) fn for_each_record(
     inputs: &[String],
     skip_bad: bool,
@@ -309,40 +350,49 @@ pub(crate) fn for_each_record(
     tokens: &mut Vec<u8>,
     f: &mut dyn FnMut(&str, &[u8]) -> Result<()>,
 ) -> Result<()> {
-    for input in inputs {
-        // with --skip-bad an unreadable record is named and counted, else it ends the run
-        let mut skip = |e: anyhow::Error, note: &str| -> Result<()> {
-            if !skip_bad {
-                return Err(e);
-            }
-            eprintln!("skipped: {e:#}{note}");
-            totals.skipped += 1;
-            Ok(())
-        };
-        let mut reader = match Reader::open(input) {
-            Ok(r) => r,
-            Err(e) => {
-                skip(e, "")?;
-                continue;
-            }
-        };
-        while let Some(rec) = reader.next_record() {
-            let rec = match rec {
-                Ok(r) => r,
-                Err(e) => {
-                    skip(e, " (rest of the file unreadable)")?;
-                    break;
-                }
-            };
-            if rec.seq.is_empty() {
-                skip(anyhow!("{}: record '{}' (line {}): empty sequence", reader.name(), rec.id, rec.line), "")?;
-                continue;
-            }
-            totals.unknown += tokenizer::encode_into(&rec.seq, tokens);
-            f(&rec.id, tokens).with_context(|| format!("{}: record '{}'", reader.name(), rec.id))?;
-            totals.records += 1;
-            totals.bases += tokens.len();
+    let size: Option<u64> = inputs
+        .iter()
+        .map(|i| std::fs::metadata(i).ok().filter(|m| i != "-" && m.is_file()).map(|m| m.len()))
+        .sum();
+    crate::progress::input_started(size);
+    // with --skip-bad an error that ends a file also ends the run: records after it are unknown
+    let stop = |e: anyhow::Error, totals: &Totals| -> anyhow::Error {
+        if !skip_bad {
+            return e;
         }
+        anyhow!(
+            "{e:#} (--skip-bad cannot find the next record here; stopped after {} records passed on and {} skipped)",
+            totals.records,
+            totals.skipped
+        )
+    };
+    let mut before = 0;
+    for input in inputs {
+        let mut reader = Reader::open(input).map_err(|e| stop(e, totals))?;
+        while let Some(rec) = reader.next_record() {
+            crate::progress::input_read(before + reader.bytes_read());
+            let bad = match rec {
+                Ok(r) if r.seq.is_empty() => format!("{}: record '{}' (line {}): empty sequence", reader.name(), r.id, r.line),
+                Ok(rec) => {
+                    totals.count_unknown(tokenizer::encode_into(&rec.seq, tokens), || format!("{}, record '{}'", reader.name(), rec.id));
+                    f(&rec.id, tokens).with_context(|| format!("{}: record '{}'", reader.name(), rec.id))?;
+                    totals.records += 1;
+                    totals.bases += tokens.len();
+                    continue;
+                }
+                Err(e) if e.skippable => e.to_string(),
+                Err(e) => return Err(stop(e.into(), totals)),
+            };
+            if !skip_bad {
+                return Err(anyhow!(bad));
+            }
+            eprintln!("skipped: {bad}");
+            totals.skipped += 1;
+        }
+        if let Some(w) = reader.warning() {
+            totals.warnings.push(format!("{}: {w}", reader.name()));
+        }
+        before += reader.bytes_read();
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
 //! Reading sequences and writing results.
 
+pub mod decompress;
 pub mod fastx;
 pub mod regions;

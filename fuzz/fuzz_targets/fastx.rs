@@ -1,4 +1,5 @@
-//! Any bytes through the input path: sniffing, decompression, parsing, tokenizing.
+//! Any bytes through the input path: sniffing, decompression, parsing, tokenizing, and reading
+//! on after a record the reader can pass over.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -13,7 +14,12 @@ fuzz_target!(|data: &[u8]| {
                 dna_mamba::tokenizer::encode_into(&rec.seq, &mut tokens);
                 assert_eq!(tokens.len(), rec.seq.len());
             }
-            Err(_) => break,
+            Err(e) if e.skippable => {}
+            Err(_) => {
+                // a reader that cannot find the next record has stopped
+                assert!(r.next_record().is_none());
+                break;
+            }
         }
     }
 });

@@ -596,21 +596,20 @@ fn featurize(a: &TrainArgs, data: &Data, f: &mut dyn Featurizer) -> Result<(Matr
 fn read_labelled(inputs: &[String], table: Option<&LabelTable>, used: &mut HashSet<String>, skip_bad: bool, skipped: &mut usize) -> Result<Vec<Rec>> {
     let mut out = Vec::new();
     for input in inputs {
-        let name = if input == "-" { "<stdin>" } else { input.as_str() };
-        let mut reader = match if input == "-" { needletail::parse_fastx_stdin() } else { needletail::parse_fastx_file(input) } {
-            Ok(r) => r,
-            Err(e) if e.kind == needletail::errors::ParseErrorKind::EmptyFile => continue,
-            Err(e) if e.kind == needletail::errors::ParseErrorKind::Io => {
-                let io = std::fs::File::open(input).err().map(|e| e.to_string()).unwrap_or(e.msg);
-                bail!("{name}: {io}");
-            }
-            Err(e) => bail!("{name}: not FASTA or FASTQ: {e}"),
-        };
-        while let Some(rec) = reader.next() {
-            let rec = rec.map_err(|e| anyhow!("{name}: {e}"))?;
-            let header = String::from_utf8_lossy(rec.id()).into_owned();
-            let (id, desc) = header.split_once(char::is_whitespace).unwrap_or((&header, ""));
-            let seq = rec.seq();
+        let mut reader = crate::io::fastx::Reader::open(input)?;
+        let name = reader.name().to_string();
+        while let Some(rec) = reader.next_record() {
+            let rec = match rec {
+                Ok(r) => r,
+                Err(e) if skip_bad && e.skippable => {
+                    eprintln!("skipped: {e}");
+                    *skipped += 1;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let (id, desc) = (rec.id.as_str(), rec.desc.as_str());
+            let seq = rec.seq;
             if seq.is_empty() {
                 let msg = format!("{name}: record '{id}': empty sequence");
                 if skip_bad {
