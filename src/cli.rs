@@ -16,8 +16,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::backend::{cpu::Cpu, Backend, Precision};
 use crate::io::fastx::Reader;
+use crate::model::vocab::Vocab;
 use crate::model::Model;
-use crate::tokenizer;
 
 pub use embed::{EmbedArgs, Format, Pool};
 pub use info::InfoArgs;
@@ -195,7 +195,7 @@ impl Totals {
         }
         if self.unknown > 0 {
             let first = self.first_unknown.as_deref().map(|f| format!(" (the first in {f})")).unwrap_or_default();
-            eprintln!("warning: {} bases were not A/C/G/T/N and were read as [UNK]{first}", self.unknown);
+            eprintln!("warning: {} bases have no token in the model's vocabulary and were read as [UNK]{first}", self.unknown);
         }
         let skipped = if self.skipped > 0 { format!(" ({} skipped as unreadable)", self.skipped) } else { String::new() };
         eprintln!(
@@ -320,6 +320,7 @@ pub(crate) fn for_each_region(
     fasta: &std::path::Path,
     regions: &[String],
     bed: Option<&std::path::Path>,
+    vocab: &Vocab,
     totals: &mut Totals,
     tokens: &mut Vec<u8>,
     f: &mut dyn FnMut(&str, &[u8], usize) -> Result<()>,
@@ -328,7 +329,7 @@ pub(crate) fn for_each_region(
     for span in spans {
         let seq = fa.fetch(&span.name, span.start, span.end)?;
         let label = span.label();
-        totals.count_unknown(tokenizer::encode_into(&seq, tokens), || format!("{}, region {label}", fa.name));
+        totals.count_unknown(vocab.encode_into(&seq, tokens), || format!("{}, region {label}", fa.name));
         f(&label, tokens, span.start).with_context(|| format!("{}: region {label}", fa.name))?;
         totals.records += 1;
         totals.bases += tokens.len();
@@ -346,6 +347,7 @@ pub(crate) fn for_each_region(
 pub(crate) fn for_each_record(
     inputs: &[String],
     skip_bad: bool,
+    vocab: &Vocab,
     totals: &mut Totals,
     tokens: &mut Vec<u8>,
     f: &mut dyn FnMut(&str, &[u8]) -> Result<()>,
@@ -374,7 +376,7 @@ pub(crate) fn for_each_record(
             let bad = match rec {
                 Ok(r) if r.seq.is_empty() => format!("{}: record '{}' (line {}): empty sequence", reader.name(), r.id, r.line),
                 Ok(rec) => {
-                    totals.count_unknown(tokenizer::encode_into(&rec.seq, tokens), || format!("{}, record '{}'", reader.name(), rec.id));
+                    totals.count_unknown(vocab.encode_into(&rec.seq, tokens), || format!("{}, record '{}'", reader.name(), rec.id));
                     f(&rec.id, tokens).with_context(|| format!("{}: record '{}'", reader.name(), rec.id))?;
                     totals.records += 1;
                     totals.bases += tokens.len();

@@ -144,6 +144,10 @@ impl<B: Backend> Embedder<B> {
         self.join = join;
     }
 
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
     pub fn engine(&self) -> &Engine<B> {
         &self.engine
     }

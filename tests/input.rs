@@ -253,7 +253,7 @@ fn unknown_base_warning_names_the_record() {
     let f = write(dir.path(), "iupac.fa", b">a\nACGT\n>b\nACRTYN\n>c\nNNK\n");
     let o = embed(&f, &[]);
     assert_eq!(ids(&o), ["a", "b", "c"]);
-    assert!(stderr(&o).contains("warning: 3 bases were not A/C/G/T/N and were read as [UNK] (the first in ") && stderr(&o).contains("iupac.fa, record 'b')"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("warning: 3 bases have no token in the model's vocabulary and were read as [UNK] (the first in ") && stderr(&o).contains("iupac.fa, record 'b')"), "{}", stderr(&o));
 }
 
 // item 20: alignment files point to samtools fastq

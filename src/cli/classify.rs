@@ -189,6 +189,7 @@ impl Plan<'_> {
     }
 
     fn read_level(&self, out: Output, feats: &mut dyn Featurizer, progress: &mut Progress, totals: &mut Totals, tokens: &mut Vec<u8>) -> Result<Output> {
+        let vocab = feats.vocab().clone();
         let heads = self.heads;
         let mut w = Csv::new(out);
         let prefix = |h: &Head| if heads.len() > 1 { format!("{}.", h.meta.task) } else { String::new() };
@@ -240,7 +241,7 @@ impl Plan<'_> {
             Ok(())
         };
         let mut row = Vec::new();
-        let read = for_each_record(&self.a.inputs, self.a.common.skip_bad, totals, tokens, &mut |id, toks| {
+        let read = for_each_record(&self.a.inputs, self.a.common.skip_bad, &vocab, totals, tokens, &mut |id, toks| {
             if limit.is_some_and(|l| toks.len() <= l) {
                 if bases + toks.len() > crate::embed::PACK_BASES {
                     flush(&mut batch, feats, &mut w, progress, &mut x, &mut write)?;
@@ -266,6 +267,7 @@ impl Plan<'_> {
     }
 
     fn position_level(&self, out: Output, feats: &mut dyn Featurizer, progress: &mut Progress, totals: &mut Totals, tokens: &mut Vec<u8>) -> Result<Output> {
+        let vocab = feats.vocab().clone();
         let head = &self.heads[0];
         let labels = &head.meta.labels;
         let chosen = match &self.a.label {
@@ -290,7 +292,7 @@ impl Plan<'_> {
         let mut scratch = Scratch::default();
         let mut probs = vec![0.0; labels.len()];
         let w = writer.get_mut();
-        for_each_record(&self.a.inputs, self.a.common.skip_bad, totals, tokens, &mut |id, toks| {
+        for_each_record(&self.a.inputs, self.a.common.skip_bad, &vocab, totals, tokens, &mut |id, toks| {
             w.start(id)?;
             feats.positions(
                 toks,

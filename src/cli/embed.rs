@@ -12,6 +12,7 @@ use clap::{Args, ValueEnum};
 use super::{flag_value, device_list, for_each_record, for_each_region, load_model, resolve_regions, on_backend, Common, OnBackend, Totals, Tiles};
 use crate::backend::Backend;
 use crate::embed::{Embedder, Feature, Strand};
+use crate::model::vocab::Vocab;
 use crate::model::Model;
 use crate::output::csv::Csv;
 use crate::output::npy::NpyDir;
@@ -114,9 +115,9 @@ pub struct EmbedArgs {
 }
 
 /// Records of the inputs, or the requested regions of one indexed FASTA, with their offsets.
-fn each_input(a: &EmbedArgs, totals: &mut Totals, tokens: &mut Vec<u8>, f: &mut dyn FnMut(&str, &[u8], usize) -> Result<()>) -> Result<()> {
+fn each_input(a: &EmbedArgs, vocab: &Vocab, totals: &mut Totals, tokens: &mut Vec<u8>, f: &mut dyn FnMut(&str, &[u8], usize) -> Result<()>) -> Result<()> {
     if a.regions.is_empty() && a.regions_bed.is_none() {
-        return for_each_record(&a.inputs, a.common.skip_bad, totals, tokens, &mut |id, t| f(id, t, 0));
+        return for_each_record(&a.inputs, a.common.skip_bad, vocab, totals, tokens, &mut |id, t| f(id, t, 0));
     }
     let [fasta] = a.inputs.as_slice() else {
         bail!("--region/--regions need exactly one input: an indexed FASTA file");
@@ -124,7 +125,7 @@ fn each_input(a: &EmbedArgs, totals: &mut Totals, tokens: &mut Vec<u8>, f: &mut 
     if fasta == "-" {
         bail!("--region/--regions need an indexed FASTA file, not stdin");
     }
-    for_each_region(Path::new(fasta), &a.regions, a.regions_bed.as_deref(), totals, tokens, f)
+    for_each_region(Path::new(fasta), &a.regions, a.regions_bed.as_deref(), vocab, totals, tokens, f)
 }
 
 pub fn run(a: EmbedArgs) -> Result<()> {
@@ -204,7 +205,7 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
             let pack = a.pool == Pool::Mean && a.window.is_none() && emb.can_pack();
             let pack_max = emb.context;
             let mut packed = Packed::default();
-            let read = each_input(a, &mut totals, &mut tokens, &mut |id, toks, offset| {
+            let read = each_input(a, &model.vocab, &mut totals, &mut tokens, &mut |id, toks, offset| {
                 if pack {
                     if toks.len() <= pack_max {
                         if packed.bases + toks.len() > PACK_BASES {
@@ -248,7 +249,7 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
         Format::Npy => {
             let dir = a.out.as_ref().ok_or_else(|| anyhow!("--format npy needs -o DIR (a folder for one .npy per record)"))?;
             let mut npy = NpyDir::create(dir)?;
-            each_input(a, &mut totals, &mut tokens, &mut |id, toks, _| {
+            each_input(a, &model.vocab, &mut totals, &mut tokens, &mut |id, toks, _| {
                 npy.record(id, toks.len(), width, |w| emb.record(toks, &mut RawRows { out: w }, &mut |n| progress.bases(n)))?;
                 progress.record_done(toks.len());
                 Ok(())
@@ -260,7 +261,7 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
             // read everything first: the header lists every tensor's shape
             let mut records: Vec<(String, Vec<u8>)> = Vec::new();
             let mut seen = HashSet::new();
-            each_input(a, &mut totals, &mut tokens, &mut |id, toks, _| {
+            each_input(a, &model.vocab, &mut totals, &mut tokens, &mut |id, toks, _| {
                 st::check_name(id)?;
                 if !seen.insert(id.to_string()) {
                     bail!("duplicate record id '{id}' (safetensors output needs unique ids)");
@@ -347,7 +348,7 @@ fn workers_on<B: Backend>(
         context,
         overlap,
         pack_bases,
-        &mut |send| each_input(a, &mut totals, &mut tokens, &mut |id, toks, _| send(id, toks)),
+        &mut |send| each_input(a, &model.vocab, &mut totals, &mut tokens, &mut |id, toks, _| send(id, toks)),
         &mut |id, len, row| {
             progress.record_done(len);
             csv.row(id, &[len], row.iter().copied())

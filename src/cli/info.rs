@@ -30,6 +30,11 @@ pub fn run(args: InfoArgs) -> Result<()> {
     writeln!(out, "context: {} bases per tile (default)", c.model_max_length.unwrap_or(DEFAULT_CONTEXT))?;
     let both = if c.rcps { "channel-half average (one pass)" } else { "average of forward and reverse-complement passes" };
     writeln!(out, "embed --strand both: {both}, width {}", c.d_model)?;
+    let v = &m.vocab;
+    let toks: Vec<String> = v.tokens.iter().map(|(i, t)| format!("{t}={i}")).collect();
+    writeln!(out, "vocabulary: {} (from {})", toks.join(" "), v.source)?;
+    let name = |i: Option<u8>| i.map_or("none".to_string(), |i| i.to_string());
+    writeln!(out, "unknown id {}, mask id {}, pad id {}; A,C,G,T = {:?}", v.unk, name(v.mask), name(v.pad), v.acgt)?;
     Ok(())
 }
 

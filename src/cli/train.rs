@@ -29,7 +29,7 @@ use crate::output::csv::Csv;
 use crate::output::Output;
 use crate::model::Model;
 use crate::progress::Progress;
-use crate::tokenizer;
+use crate::model::vocab::Vocab;
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -327,9 +327,10 @@ struct Prepared {
 
 /// Read the data and labels, then compute the features (on the backbone or as k-mers).
 fn compute(a: &TrainArgs, pooling: Pooling) -> Result<Prepared> {
+    let vocab = data_vocab(a)?;
     let data = match a.level {
-        Level::Read => read_data(a)?,
-        Level::Position => genome_data(a)?,
+        Level::Read => read_data(a, &vocab)?,
+        Level::Position => genome_data(a, &vocab)?,
     };
     if !a.common.quiet {
         eprintln!(
@@ -593,7 +594,7 @@ fn featurize(a: &TrainArgs, data: &Data, f: &mut dyn Featurizer) -> Result<(Matr
 }
 
 /// Labelled records of some FASTA/FASTQ files, their labels from `table` or from headers.
-fn read_labelled(inputs: &[String], table: Option<&LabelTable>, used: &mut HashSet<String>, skip_bad: bool, skipped: &mut usize) -> Result<Vec<Rec>> {
+fn read_labelled(inputs: &[String], vocab: &Vocab, table: Option<&LabelTable>, used: &mut HashSet<String>, skip_bad: bool, skipped: &mut usize) -> Result<Vec<Rec>> {
     let mut out = Vec::new();
     for input in inputs {
         let mut reader = crate::io::fastx::Reader::open(input)?;
@@ -633,22 +634,22 @@ fn read_labelled(inputs: &[String], table: Option<&LabelTable>, used: &mut HashS
                 bail!("{name}: record id '{id}' appears twice (ids must be unique to be labelled)");
             }
             let mut tokens = Vec::new();
-            tokenizer::encode_into(&seq, &mut tokens);
+            vocab.encode_into(&seq, &mut tokens);
             out.push(Rec { id: id.to_string(), tokens, label });
         }
     }
     Ok(out)
 }
 
-fn read_data(a: &TrainArgs) -> Result<Data> {
+fn read_data(a: &TrainArgs, vocab: &Vocab) -> Result<Data> {
     if a.bed.is_some() || a.gff.is_some() || !a.test_chroms.is_empty() || a.label.is_some() {
         bail!("--bed, --gff, --label and --test-chroms are for --level position");
     }
     let table = a.labels.as_deref().map(LabelTable::load).transpose()?;
     let mut used = HashSet::new();
     let mut skipped = 0;
-    let mut train = read_labelled(&a.inputs, table.as_ref(), &mut used, a.common.skip_bad, &mut skipped)?;
-    let mut test = read_labelled(&a.test, table.as_ref(), &mut used, a.common.skip_bad, &mut skipped)?;
+    let mut train = read_labelled(&a.inputs, vocab, table.as_ref(), &mut used, a.common.skip_bad, &mut skipped)?;
+    let mut test = read_labelled(&a.test, vocab, table.as_ref(), &mut used, a.common.skip_bad, &mut skipped)?;
     if let Some(t) = &table {
         let mut unknown: Vec<(&String, usize)> = t.rows.iter().filter(|(id, _)| !used.contains(*id)).map(|(id, (_, n))| (id, *n)).collect();
         if !unknown.is_empty() {
@@ -712,11 +713,11 @@ fn read_data(a: &TrainArgs) -> Result<Data> {
 }
 
 /// Sequences of FASTA files as tokens.
-fn read_genome(inputs: &[String], skip_bad: bool) -> Result<(Vec<String>, Vec<Vec<u8>>)> {
+fn read_genome(inputs: &[String], skip_bad: bool, vocab: &Vocab) -> Result<(Vec<String>, Vec<Vec<u8>>)> {
     let (mut ids, mut seqs) = (Vec::new(), Vec::new());
     let mut totals = Totals::default();
     let mut tokens = Vec::new();
-    for_each_record(inputs, skip_bad, &mut totals, &mut tokens, &mut |id, toks| {
+    for_each_record(inputs, skip_bad, vocab, &mut totals, &mut tokens, &mut |id, toks| {
         if ids.iter().any(|i| i == id) {
             bail!("sequence id '{id}' appears twice");
         }
@@ -727,11 +728,20 @@ fn read_genome(inputs: &[String], skip_bad: bool) -> Result<(Vec<String>, Vec<Ve
     Ok((ids, seqs))
 }
 
-fn is_base(t: u8) -> bool {
-    matches!(t, tokenizer::A | tokenizer::C | tokenizer::G | tokenizer::T)
+/// The token ids of the data: the backbone's (its folder's tokenizer.json) or, for k-mer
+/// features, the Caduceus ids `kmer` reads. Known before any data is read, so that records
+/// are tokenized once, as the model reads them.
+fn data_vocab(a: &TrainArgs) -> Result<Vocab> {
+    match (a.features, &a.common.model) {
+        (Source::Backbone, Some(dir)) => {
+            let dir = crate::model::hub::resolve(dir).with_context(|| format!("model {}", dir.display()))?;
+            Ok(Vocab::load(&dir).map_err(|e| anyhow!("model {}: {e}", dir.display()))?.unwrap_or_else(crate::model::vocab::caduceus))
+        }
+        _ => Ok(crate::model::vocab::caduceus()),
+    }
 }
 
-fn genome_data(a: &TrainArgs) -> Result<Data> {
+fn genome_data(a: &TrainArgs, vocab: &Vocab) -> Result<Data> {
     if a.labels.is_some() {
         bail!("--labels is for --level read (position level takes --bed or --gff)");
     }
@@ -746,9 +756,9 @@ fn genome_data(a: &TrainArgs) -> Result<Data> {
     if intervals.is_empty() {
         bail!("{source}: no intervals{}", if a.gff.is_some() { " of the chosen --types" } else { "" });
     }
-    let (mut ids, mut tokens) = read_genome(&a.inputs, a.common.skip_bad)?;
+    let (mut ids, mut tokens) = read_genome(&a.inputs, a.common.skip_bad, vocab)?;
     let n_train_seqs = ids.len();
-    let (tids, ttoks) = read_genome(&a.test, a.common.skip_bad)?;
+    let (tids, ttoks) = read_genome(&a.test, a.common.skip_bad, vocab)?;
     for id in &tids {
         if ids.contains(id) {
             bail!("sequence '{id}' is both in the inputs and in --test");
@@ -804,7 +814,7 @@ fn genome_data(a: &TrainArgs) -> Result<Data> {
         let mut s = 0;
         while s < t.len() {
             let e = (s + a.stretch).min(t.len());
-            let bases = t[s..e].iter().filter(|&&x| is_base(x)).count();
+            let bases = t[s..e].iter().filter(|&&x| vocab.nucleotide(x).is_some()).count();
             if e - s >= a.stretch / 4 && bases * 2 >= e - s {
                 let st = Stretch { chrom: c, start: s, end: e, at: Vec::new() };
                 let held = if !a.test.is_empty() {
@@ -857,7 +867,7 @@ fn genome_data(a: &TrainArgs) -> Result<Data> {
         let rate = (a.max_positions as f64 / bases.max(1) as f64).min(1.0);
         for s in v.iter_mut() {
             let t = &tokens[s.chrom][s.start..s.end];
-            s.at = (0..t.len()).filter(|&p| is_base(t[p]) && (rate >= 1.0 || rng.unit() < rate)).collect();
+            s.at = (0..t.len()).filter(|&p| vocab.nucleotide(t[p]).is_some() && (rate >= 1.0 || rng.unit() < rate)).collect();
         }
     };
     sample(&mut train_s, &mut rng);

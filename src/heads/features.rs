@@ -8,10 +8,13 @@ use crate::pool::{Centered, ReadPool};
 use super::{Features, Pooling, Source};
 use crate::backend::Backend;
 use crate::embed::Embedder;
+use crate::model::vocab::Vocab;
 
 pub trait Featurizer {
     /// Width of one feature vector.
     fn dim(&self) -> usize;
+    /// The token ids the features read (the model's; k-mers read the Caduceus ids).
+    fn vocab(&self) -> &Vocab;
     /// Where the features are computed, for the summary line.
     fn describe(&self) -> String;
     /// Read level: one vector for the record.
@@ -65,6 +68,9 @@ impl<B: Backend> BackboneFeatures<B> {
 }
 
 impl<B: Backend> Featurizer for BackboneFeatures<B> {
+    fn vocab(&self) -> &Vocab {
+        &self.emb.model().vocab
+    }
     fn dim(&self) -> usize {
         ReadPool::dim(self.pooling, self.emb.width())
     }
@@ -121,6 +127,8 @@ impl<B: Backend> Featurizer for BackboneFeatures<B> {
 pub struct KmerFeatures {
     pub kmers: Kmers,
     pub pooling: Pooling,
+    /// The Caduceus ids, which `kmer` reads.
+    vocab: Vocab,
 }
 
 impl KmerFeatures {
@@ -128,11 +136,14 @@ impl KmerFeatures {
         if let Pooling::Bins(_) = pooling {
             bail!("k-mer features are pooled over the whole record (--pool mean) or a window (--pool window:W)");
         }
-        Ok(KmerFeatures { kmers: Kmers::new(ks)?, pooling })
+        Ok(KmerFeatures { kmers: Kmers::new(ks)?, pooling, vocab: crate::model::vocab::caduceus() })
     }
 }
 
 impl Featurizer for KmerFeatures {
+    fn vocab(&self) -> &Vocab {
+        &self.vocab
+    }
     fn dim(&self) -> usize {
         self.kmers.dim()
     }

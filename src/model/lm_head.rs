@@ -1,7 +1,6 @@
 //! The masked-LM head (model-format.md §1.5.5): tied embedding for Ph, RCPS head for PS.
 
 use super::Model;
-use crate::tokenizer::ACGT;
 
 /// Raw logits over the padded vocabulary for one final hidden row.
 pub fn logits(model: &Model, row: &[f32], out: &mut [f32]) {
@@ -41,7 +40,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// Log-probabilities over A, C, G, T of one final hidden row: the log-softmax of the
 /// logits restricted to those four ids (the other twelve are never computed).
 pub fn row_acgt_log_probs(model: &Model, row: &[f32]) -> [f32; 4] {
-    let l = ACGT.map(|t| logit(model, row, t as usize));
+    let l = model.vocab.acgt.map(|t| logit(model, row, t as usize));
     let m = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let lse = m + l.iter().map(|v| (v - m).exp()).sum::<f32>().ln();
     l.map(|v| v - lse)
