@@ -1,0 +1,215 @@
+//! The checkpoints people use (issue 16): PlantCaduceus layout and vocabulary, pytorch_model.bin
+//! written by torch.save (single, sharded, bf16), sharded safetensors, the Hugging Face cache,
+//! Mamba-2 detection, and hostile .bin files. Fixtures: tests/reference/plantcad_ref.py (float64
+//! expected values) and tests/reference/torch_save.py (the .bin files, written by torch 2.11).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dna-mamba"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn fixture(p: &str) -> String {
+    fixtures().join(p).to_string_lossy().into_owned()
+}
+
+/// Rows of per-position CSV output: (id, values after `skip` fields).
+fn rows(csv: &str, skip: usize) -> Vec<(String, Vec<f32>)> {
+    csv.lines().skip(1).map(|l| {
+        let f: Vec<&str> = l.split(',').collect();
+        (f[0].to_string(), f[skip..].iter().map(|v| v.parse().unwrap()).collect())
+    }).collect()
+}
+
+fn per_record(csv: &str, skip: usize) -> Vec<(String, Vec<f32>)> {
+    let mut out: Vec<(String, Vec<f32>)> = Vec::new();
+    for (id, v) in rows(csv, skip) {
+        match out.last_mut() {
+            Some((last, vals)) if *last == id => vals.extend(v),
+            _ => out.push((id, v)),
+        }
+    }
+    out
+}
+
+/// The PlantCaduceus-layout model (backbone. keys, vocab 8 from tokenizer.json, lowercase, N
+/// and IUPAC read as [UNK]) matches the float64 reference: final hidden states and LM
+/// log-probabilities, from model.safetensors and from every torch.save variant.
+#[test]
+fn plantcaduceus_layout_matches_the_reference() {
+    let inputs = fixture("plantcad/inputs.fa");
+    for (dir, tol) in [("plantcad", 1e-4), ("torch/plantcad/single", 1e-4), ("torch/plantcad/sharded", 1e-4), ("torch/plantcad/bf16", 3e-2)] {
+        let m = fixture(dir);
+        let hidden = per_record(&ok(&["embed", &inputs, "--model", &m, "--pool", "none", "--strand", "fwd", "-q"]), 2);
+        let lp = per_record(&ok(&["embed", &inputs, "--model", &m, "--pool", "none", "--strand", "fwd", "--output", "logits", "-q"]), 2);
+        assert_eq!(hidden.len(), 3);
+        for ((id, h), (_, l)) in hidden.iter().zip(&lp) {
+            let (_, want) = expected("plantcad", &format!("{id}.hidden"));
+            let e = rel_err(h, &want);
+            assert!(e < tol, "{dir} {id}: hidden off by {e:.2e}");
+            let (_, want) = expected("plantcad", &format!("{id}.lp"));
+            let e = rel_err(l, &want);
+            assert!(e < tol, "{dir} {id}: log-probs off by {e:.2e}");
+            eprintln!("{dir} {id}: hidden/logits within {tol:e} of the float64 reference");
+        }
+    }
+}
+
+/// The same weights give the same numbers whatever the files: .bin == safetensors (bit for
+/// bit), sharded == single, for the Caduceus-vocabulary Ph model too.
+#[test]
+fn bin_and_sharded_files_equal_safetensors() {
+    let inputs = fixture("inputs.fa");
+    let want = ok(&["embed", &inputs, "--model", &fixture("ph"), "-q"]);
+    for dir in ["torch/ph/single", "torch/ph/sharded"] {
+        assert_eq!(ok(&["embed", &inputs, "--model", &fixture(dir), "-q"]), want, "{dir}");
+    }
+    let pc = fixture("plantcad/inputs.fa");
+    let want = ok(&["embed", &pc, "--model", &fixture("plantcad"), "-q"]);
+    for dir in ["torch/plantcad/single", "torch/plantcad/sharded"] {
+        assert_eq!(ok(&["embed", &pc, "--model", &fixture(dir), "-q"]), want, "{dir}");
+    }
+    // sharded safetensors, written here from the single file
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fixtures().join("ph/model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    let mut map = serde_json::Map::new();
+    for (k, part) in names.chunks(names.len() / 2 + 1).enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", k + 1);
+        let views: Vec<(String, safetensors::tensor::TensorView)> = part.iter().map(|n| (n.clone(), st.tensor(n).unwrap())).collect();
+        std::fs::write(tmp.path().join(&file), safetensors::serialize(views, None).unwrap()).unwrap();
+        part.iter().for_each(|n| {
+            map.insert(n.clone(), file.clone().into());
+        });
+    }
+    std::fs::write(tmp.path().join("model.safetensors.index.json"), serde_json::json!({"metadata": {}, "weight_map": map}).to_string()).unwrap();
+    std::fs::copy(fixtures().join("ph/config.json"), tmp.path().join("config.json")).unwrap();
+    assert_eq!(ok(&["embed", &inputs, "--model", tmp.path().to_str().unwrap(), "-q"]), ok(&["embed", &inputs, "--model", &fixture("ph"), "-q"]));
+}
+
+/// The archive of a torch.save file with its data.pkl (or one entry) rewritten.
+fn rewrite_bin(src: &Path, dst: &Path, edit: &dyn Fn(&str, Vec<u8>) -> Vec<u8>) {
+    let mut z = zip::ZipArchive::new(std::fs::File::open(src).unwrap()).unwrap();
+    let mut w = zip::ZipWriter::new(std::fs::File::create(dst).unwrap());
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for i in 0..z.len() {
+        let mut f = z.by_index(i).unwrap();
+        let name = f.name().unwrap().into_owned();
+        let mut data = Vec::new();
+        f.read_to_end(&mut data).unwrap();
+        w.start_file(&name, opts).unwrap();
+        w.write_all(&edit(&name, data)).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+/// Hostile .bin files: a pickle naming a foreign global, a storage shorter than its tensor, a
+/// truncated archive, a legacy file: one clean error each, nothing executed.
+#[test]
+fn hostile_bin_files_fail_cleanly() {
+    let src = fixtures().join("torch/ph/single");
+    let tmp = tempfile::tempdir().unwrap();
+    let make = |name: &str| -> PathBuf {
+        let d = tmp.path().join(name);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::copy(src.join("config.json"), d.join("config.json")).unwrap();
+        d
+    };
+    let bin = src.join("pytorch_model.bin");
+    let marker = tmp.path().join("ran");
+    let evil = make("evil");
+    rewrite_bin(&bin, &evil.join("pytorch_model.bin"), &|name, data| {
+        if !name.ends_with("data.pkl") {
+            return data;
+        }
+        let from = b"ctorch._utils\n_rebuild_tensor_v2\n";
+        let at = data.windows(from.len()).position(|w| w == from).expect("torch writes GLOBAL opcodes at protocol 2");
+        [&data[..at], b"cos\nsystem\n", &data[at + from.len()..]].concat()
+    });
+    let o = run(&["info", "--model", evil.to_str().unwrap()]);
+    assert_clean_failure(&o, "os.system", "names os.system");
+    assert!(!marker.exists());
+
+    let short = make("short");
+    rewrite_bin(&bin, &short.join("pytorch_model.bin"), &|name, data| if name.ends_with("/data/0") { data[..data.len() - 4].to_vec() } else { data });
+    assert_clean_failure(&run(&["info", "--model", short.to_str().unwrap()]), "short storage", "bytes, not");
+
+    let cut = make("cut");
+    let bytes = std::fs::read(&bin).unwrap();
+    std::fs::write(cut.join("pytorch_model.bin"), &bytes[..bytes.len() / 3]).unwrap();
+    assert_clean_failure(&run(&["info", "--model", cut.to_str().unwrap()]), "truncated zip", "pytorch_model.bin");
+
+    let legacy = make("legacy");
+    std::fs::write(legacy.join("pytorch_model.bin"), b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.").unwrap();
+    assert_clean_failure(&run(&["info", "--model", legacy.to_str().unwrap()]), "legacy", "legacy (pre-1.6, non-zip)");
+}
+
+/// `--model owner/name` is found in the local Hugging Face cache (files are symlinks into
+/// blobs/), never downloaded; a missing one says how to fetch it.
+#[test]
+fn repository_ids_resolve_in_the_local_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let repo = cache.path().join("models--kuleshov-group--PlantCaduceus_l20");
+    let hash = "0123456789abcdef0123456789abcdef01234567";
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots").join(hash)).unwrap();
+    std::fs::write(repo.join("refs/main"), hash).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        let blob = repo.join("blobs").join(format!("blob-{f}"));
+        std::fs::copy(fixtures().join("plantcad").join(f), &blob).unwrap();
+        std::os::unix::fs::symlink(format!("../../blobs/blob-{f}"), repo.join("snapshots").join(hash).join(f)).unwrap();
+    }
+    let o = bin().args(["info", "--model", "kuleshov-group/PlantCaduceus_l20"]).env("HF_HUB_CACHE", cache.path()).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(text.contains(hash) && text.contains("vocabulary: [PAD]=0 [MASK]=1 [UNK]=2 a=3"), "{text}");
+    // model_max_length is Hugging Face's "unset" value there: the default context applies
+    assert!(text.contains("context: 131072 bases"), "{text}");
+    let o = bin().args(["info", "--model", "nobody/nothing"]).env("HF_HUB_CACHE", cache.path()).output().unwrap();
+    assert_clean_failure(&o, "missing repo", "huggingface-cli download nobody/nothing");
+}
+
+/// Mamba-2 checkpoints are recognised by their tensor names and refused with a message.
+#[test]
+fn mamba2_checkpoints_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fixtures().join("ph/model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut views: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
+    let d = st.tensor("caduceus.backbone.layers.0.mixer.mamba_fwd.D").unwrap();
+    views.push(("caduceus.backbone.layers.0.mixer.mamba_fwd.dt_bias".into(), d));
+    std::fs::write(tmp.path().join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+    std::fs::copy(fixtures().join("ph/config.json"), tmp.path().join("config.json")).unwrap();
+    assert_clean_failure(&run(&["info", "--model", tmp.path().to_str().unwrap()]), "mamba2", "Mamba-2 checkpoints");
+}
+
+/// A tokenizer.json that does not belong to the model (its A/T ids are not complements in the
+/// model's map) is refused instead of scrambling the reverse strand.
+#[test]
+fn foreign_tokenizer_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures().join("ph").join(f), tmp.path().join(f)).unwrap();
+    }
+    std::fs::copy(fixtures().join("plantcad/tokenizer.json"), tmp.path().join("tokenizer.json")).unwrap();
+    assert_clean_failure(&run(&["info", "--model", tmp.path().to_str().unwrap()]), "foreign tokenizer", "do not belong together");
+}
