@@ -5,3 +5,4 @@ pub mod npy;
 pub mod output;
 pub mod regions;
 pub mod st;
+pub mod vcf;
