@@ -3,3 +3,4 @@
 pub mod decompress;
 pub mod fastx;
 pub mod regions;
+pub mod vcf;

@@ -185,3 +185,118 @@ pub fn tokens(seq: &[u8]) -> Vec<u8> {
     tokenizer::encode_into(seq, &mut t);
     t
 }
+
+/// Why an allele (or a whole record) is not scored: a short code for the VCF INFO field (INFO
+/// strings cannot hold spaces, commas, semicolons or '=') and a readable reason for stderr and
+/// the TSV.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// POS 0 (a telomere): no base to score.
+    NoPosition,
+    /// ALT is `.`.
+    NoAlt,
+    /// REF or ALT is not one base; the text names which ("REF AC", "ALT <DEL>").
+    NotSnv(String),
+    /// ALT `*`: the allele is missing because of a deletion on another allele.
+    StarAllele,
+    /// ALT is the REF base.
+    AltEqualsRef,
+    /// A single base that is not A, C, G or T ("REF N", "ALT R").
+    UnknownBase(String),
+    UnknownSequence { chrom: String, fasta: String },
+    PastEnd { pos: usize, chrom: String, len: usize },
+    RefMismatch { vcf: String, fasta: char },
+}
+
+/// The codes of `Skip` with their meaning, for the VCF header's description.
+pub const SKIP_CODES: [(&str, &str); 9] = [
+    ("NO_POSITION", "POS is 0"),
+    ("NO_ALT", "ALT is missing"),
+    ("NOT_SNV", "REF or ALT is not one base"),
+    ("STAR_ALLELE", "ALT is * (a deletion on another allele)"),
+    ("ALT_EQUALS_REF", "ALT equals REF"),
+    ("UNKNOWN_BASE", "REF or ALT is not A C G or T"),
+    ("UNKNOWN_SEQUENCE", "CHROM is not in the FASTA"),
+    ("PAST_END", "POS is past the end of the sequence"),
+    ("REF_MISMATCH", "REF disagrees with the FASTA"),
+];
+
+impl Skip {
+    pub fn code(&self) -> &'static str {
+        let i = match self {
+            Skip::NoPosition => 0,
+            Skip::NoAlt => 1,
+            Skip::NotSnv(_) => 2,
+            Skip::StarAllele => 3,
+            Skip::AltEqualsRef => 4,
+            Skip::UnknownBase(_) => 5,
+            Skip::UnknownSequence { .. } => 6,
+            Skip::PastEnd { .. } => 7,
+            Skip::RefMismatch { .. } => 8,
+        };
+        SKIP_CODES[i].0
+    }
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Skip::NoPosition => write!(f, "no position (POS 0)"),
+            Skip::NoAlt => write!(f, "no alternate allele"),
+            Skip::NotSnv(what) => write!(f, "not an SNV ({what})"),
+            Skip::StarAllele => write!(f, "ALT * (a deletion on another allele) is not scored"),
+            Skip::AltEqualsRef => write!(f, "ALT equals REF"),
+            Skip::UnknownBase(what) => write!(f, "{what} is not A, C, G or T"),
+            Skip::UnknownSequence { chrom, fasta } => write!(f, "sequence {chrom} is not in {fasta}"),
+            Skip::PastEnd { pos, chrom, len } => write!(f, "position {pos} is past the end of {chrom} ({len} bases)"),
+            Skip::RefMismatch { vcf, fasta } => write!(f, "REF {vcf} disagrees with the FASTA ({fasta})"),
+        }
+    }
+}
+
+/// The alleles of one record: the REF base's column, and for each ALT its column or why it is
+/// not scored. `Err` when nothing of the record can be scored whatever the FASTA says.
+pub fn classify_alleles(ref_b: &str, alts: &[String]) -> std::result::Result<(usize, Vec<std::result::Result<usize, Skip>>), Skip> {
+    let one_base = |s: &str| -> Option<u8> { (s.len() == 1).then(|| s.as_bytes()[0]) };
+    let ref_col = match one_base(ref_b) {
+        None => return Err(Skip::NotSnv(format!("REF {ref_b}"))),
+        Some(b) => base_index(b).ok_or_else(|| Skip::UnknownBase(format!("REF {ref_b}")))?,
+    };
+    if alts.is_empty() {
+        return Err(Skip::NoAlt);
+    }
+    let cols = alts
+        .iter()
+        .map(|alt| match one_base(alt) {
+            _ if alt == "*" => Err(Skip::StarAllele),
+            None => Err(Skip::NotSnv(format!("ALT {alt}"))),
+            Some(b) => match base_index(b) {
+                None => Err(Skip::UnknownBase(format!("ALT {alt}"))),
+                Some(c) if c == ref_col => Err(Skip::AltEqualsRef),
+                Some(c) => Ok(c),
+            },
+        })
+        .collect();
+    Ok((ref_col, cols))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alleles_are_classified_one_by_one() {
+        let alts = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (r, cols) = classify_alleles("c", &alts(&["A", "*", "C", "N", "AT", "<DEL>"])).unwrap();
+        assert_eq!(r, 1);
+        let codes: Vec<&str> = cols.iter().map(|c| c.as_ref().map_or_else(|s| s.code(), |_| "ok")).collect();
+        assert_eq!(codes, ["ok", "STAR_ALLELE", "ALT_EQUALS_REF", "UNKNOWN_BASE", "NOT_SNV", "NOT_SNV"]);
+        assert_eq!(classify_alleles("AC", &alts(&["A"])).unwrap_err().code(), "NOT_SNV");
+        assert_eq!(classify_alleles("N", &alts(&["A"])).unwrap_err().code(), "UNKNOWN_BASE");
+        assert_eq!(classify_alleles("A", &[]).unwrap_err(), Skip::NoAlt);
+        // codes are valid INFO values
+        for (code, _) in SKIP_CODES {
+            assert!(code.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'), "{code}");
+        }
+    }
+}

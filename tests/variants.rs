@@ -53,19 +53,19 @@ fn a_variant_and_its_reverse_complement_score_the_same() {
         let out = score(&fa, &vcf, m, "tsv");
         let rows: Vec<Vec<&str>> = out.lines().skip(1).map(|l| l.split('\t').collect()).collect();
         assert_eq!(rows.len(), 16);
-        let scored: Vec<&Vec<&str>> = rows.iter().filter(|r| r[4] == "scored").collect();
+        let scored: Vec<&Vec<&str>> = rows.iter().filter(|r| r[5] == "scored").collect();
         assert_eq!(scored.len(), 14);
         for pair in scored.chunks(2) {
             let (a, b) = (pair[0], pair[1]);
-            for k in 5..9 {
+            for k in 6..10 {
                 let (x, y): (f32, f32) = (a[k].parse().unwrap(), b[k].parse().unwrap());
                 assert!((x - y).abs() <= 1e-4 * (1.0 + x.abs()), "{m} {a:?} vs {b:?}: column {k}");
             }
             // the scores are not all zero: a change at the variant matters
-            assert!(a[5].parse::<f32>().unwrap().abs() > 1e-3);
+            assert!(a[6].parse::<f32>().unwrap().abs() > 1e-3);
         }
-        assert!(rows[14][4].contains("disagrees with the FASTA"), "{:?}", rows[14]);
-        assert!(rows[15][4].contains("not an SNV"), "{:?}", rows[15]);
+        assert!(rows[14][10].contains("disagrees with the FASTA"), "{:?}", rows[14]);
+        assert!(rows[15][10].contains("not an SNV"), "{:?}", rows[15]);
     }
 }
 
@@ -115,7 +115,7 @@ fn a_change_the_model_is_sure_about_scores_strongly_negative() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for row in String::from_utf8(o.stdout).unwrap().lines().skip(1) {
         let f: Vec<&str> = row.split('\t').collect();
-        let (llr, mllr): (f32, f32) = (f[5].parse().unwrap(), f[6].parse().unwrap());
+        let (llr, mllr): (f32, f32) = (f[6].parse().unwrap(), f[7].parse().unwrap());
         assert!(llr < -3.0 && mllr < -3.0, "{row}");
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::{Args, ValueEnum};
 use noodles::vcf;
 use noodles::vcf::header::record::value::map::info::{Number, Type};
@@ -19,15 +19,16 @@ use crate::backend::Backend;
 use crate::embed::{Embedder, Feature, Strand};
 use crate::output::Output;
 use crate::io::regions::IndexedFasta;
+use crate::io::vcf::{Bad, VcfReader};
 use crate::model::Model;
 use crate::tiling::{self, Tile};
-use crate::variants::{base_index, tokens, Scorer, Window};
+use crate::variants::{base_index, classify_alleles, tokens, Scorer, Skip, Window, SKIP_CODES};
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VariantFormat {
     /// The input VCF with DNAM_* INFO fields added.
     Vcf,
-    /// chrom,pos,ref,alt,status,llr,mllr,cos,l2 (one row per alternate allele).
+    /// chrom,pos,id,ref,alt,status,llr,mllr,cos,l2,reason (one row per alternate allele).
     Tsv,
 }
 
@@ -43,7 +44,7 @@ pub enum Score {
 
 #[derive(Args, Debug)]
 pub struct ScoreArgs {
-    /// VCF (plain or bgzf .gz) with the variants.
+    /// VCF with the variants (plain, gzip or bgzf; `-` = stdin).
     #[arg(long)]
     pub vcf: PathBuf,
     /// Reference FASTA with a .fai index (bgzf .gz also needs .gzi).
@@ -73,6 +74,12 @@ pub struct ScoreArgs {
 }
 
 pub fn run(a: ScoreArgs) -> Result<()> {
+    // refused before the model loads, with the words `embed` uses for its --context
+    for (flag, v, min) in [("--context", a.context, tiling::MIN_CONTEXT), ("--score-context", a.score_context, tiling::MIN_CONTEXT), ("--embed-window", a.embed_window, 1)] {
+        if v < min {
+            bail!("{flag} must be at least {min}");
+        }
+    }
     let model = load_model(&a.common)?;
     struct Job<'a>(&'a ScoreArgs, Arc<Model>);
     impl OnBackend for Job<'_> {
@@ -91,24 +98,52 @@ struct TileCache {
     lp: Vec<f32>,
 }
 
+/// Records in, and what became of them.
+#[derive(Default)]
+struct Counts {
+    records: usize,
+    /// records with at least one allele scored
+    scored: usize,
+    /// records with no allele scored
+    skipped: usize,
+    /// alleles not scored, in records of either kind
+    alleles_skipped: usize,
+    /// malformed lines passed over with --skip-bad
+    bad_lines: usize,
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} records: {} scored, {} skipped ({} alleles not scored)", self.records, self.scored, self.skipped, self.alleles_skipped)?;
+        if self.bad_lines > 0 {
+            write!(f, ", {} malformed lines skipped", self.bad_lines)?;
+        }
+        Ok(())
+    }
+}
+
+fn skip_description() -> String {
+    let codes: Vec<String> = SKIP_CODES.iter().map(|(c, why)| format!("{c} = {why}")).collect();
+    format!("dna-mamba: why each ALT allele was not scored ('.' where it was): {}", codes.join("; "))
+}
+
 fn score_on<B: Backend>(backend: B, model: Arc<Model>, a: &ScoreArgs) -> Result<()> {
     let started = Instant::now();
     let mut reference = IndexedFasta::open(&a.fasta)?;
-    let emb = Embedder::new(backend, model.clone(), Strand::Both, Feature::Logits, a.context.max(tiling::MIN_CONTEXT), 0)?;
-    let mut scorer = Scorer::new(emb, a.score_context.max(1), a.embed_window.max(1));
+    let emb = Embedder::new(backend, model.clone(), Strand::Both, Feature::Logits, a.context, 0)?;
+    let mut scorer = Scorer::new(emb, a.score_context, a.embed_window);
     let want = |s: Score| a.scores.contains(&s);
 
-    let vcf_name = a.vcf.display().to_string();
-    let mut vr = vcf::io::reader::Builder::default()
-        .build_from_path(&a.vcf)
-        .with_context(|| vcf_name.clone())?;
-    let mut header = vr.read_header().with_context(|| format!("{vcf_name}: header"))?;
+    let mut vr = VcfReader::open(&a.vcf.to_string_lossy())?;
+    let vcf_name = vr.name().to_string();
+    let mut header = vr.header().clone();
+    let skip_desc = skip_description();
     let infos: [(&str, Number, Type, &str); 5] = [
         ("DNAM_LLR", Number::AlternateBases, Type::Float, "dna-mamba: unmasked log P(alt) - log P(ref), strand-averaged"),
         ("DNAM_MLLR", Number::AlternateBases, Type::Float, "dna-mamba: masked-position log P(alt) - log P(ref), strand-averaged"),
         ("DNAM_COS", Number::AlternateBases, Type::Float, "dna-mamba: cosine similarity of mean strand-averaged embeddings, ref vs alt window"),
         ("DNAM_L2", Number::AlternateBases, Type::Float, "dna-mamba: L2 distance of mean strand-averaged embeddings, ref vs alt window"),
-        ("DNAM_SKIP", Number::Count(1), Type::String, "dna-mamba: why the variant was not scored"),
+        ("DNAM_SKIP", Number::Unknown, Type::String, &skip_desc),
     ];
     for (id, number, ty, desc) in infos {
         header.infos_mut().insert(id.to_string(), Map::<Info>::new(number, ty, desc));
@@ -119,50 +154,66 @@ fn score_on<B: Backend>(backend: B, model: Arc<Model>, a: &ScoreArgs) -> Result<
         VariantFormat::Vcf => {
             vw.write_header(&header)?;
         }
-        VariantFormat::Tsv => writeln!(out, "chrom\tpos\tref\talt\tstatus\tllr\tmllr\tcos\tl2")?,
+        VariantFormat::Tsv => writeln!(out, "chrom\tpos\tid\tref\talt\tstatus\tllr\tmllr\tcos\tl2\treason")?,
     }
     out.write_all(vw.get_ref())?;
     vw.get_mut().clear();
 
     let mut cache: Option<TileCache> = None;
-    let (mut n_in, mut n_scored, mut n_skipped) = (0usize, 0usize, 0usize);
+    let mut n = Counts::default();
     let mut batch: Vec<Pending> = Vec::new();
     let mut batch_bases = 0usize;
-    let mut eof = false;
-    while !eof {
-        let mut record = vcf::variant::RecordBuf::default();
+    loop {
         // a VCF error ends the run, after the records read before it are written
-        let read = vr.read_record_buf(&header, &mut record).with_context(|| format!("{vcf_name}: record {}", n_in + 1));
-        eof = !matches!(read, Ok(n) if n > 0);
-        if !eof {
-            n_in += 1;
-            let mut p = Pending { outcome: Ok(vec![]), window: None, record };
-            p.outcome = prepare(&mut p, &mut reference, &mut scorer, &mut cache, a, n_in);
-            // window bases the batch will run: the reference window (masked) and one per allele
-            batch_bases += p.window.as_ref().map_or(0, |w| w.tokens.len() * (2 + w.alt_cols.len()));
-            batch.push(p);
-        }
+        let (eof, stop) = match vr.next_record() {
+            None => (true, None),
+            Some(Ok(rec)) => {
+                n.records += 1;
+                let mut p = Pending { line: rec.line, record: rec.record, outcome: Err(Skip::NoAlt), window: None, scored: vec![] };
+                p.outcome = prepare(&mut p, &mut reference, &mut scorer, &mut cache, a)?;
+                // window bases the batch will run: the reference window (masked) and one per allele
+                batch_bases += p.window.as_ref().map_or(0, |w| w.tokens.len() * (2 + w.alt_cols.len()));
+                batch.push(p);
+                (false, None)
+            }
+            Some(Err(Bad::Line { error, .. })) if a.common.skip_bad => {
+                eprintln!("skipped: {error:#}");
+                n.bad_lines += 1;
+                (false, None)
+            }
+            Some(Err(Bad::Line { error, .. } | Bad::Stream(error))) => (true, Some(error)),
+        };
         if batch.len() >= BATCH || batch_bases >= BATCH_BASES || (eof && !batch.is_empty()) {
             score_windows(&mut batch, &mut scorer, want(Score::Mllr), want(Score::Emb))?;
             for p in batch.drain(..) {
-                if p.outcome.is_ok() {
-                    n_scored += 1;
-                } else {
-                    n_skipped += 1;
+                match &p.outcome {
+                    Ok(alleles) => {
+                        let bad = alleles.iter().filter(|x| x.is_err()).count();
+                        n.alleles_skipped += bad;
+                        if bad < alleles.len() { n.scored += 1 } else { n.skipped += 1 }
+                    }
+                    Err(_) => {
+                        n.skipped += 1;
+                        n.alleles_skipped += p.record.alternate_bases().as_ref().len();
+                    }
                 }
                 write_record(p, a, &header, &mut vw, &mut out, &vcf_name)?;
             }
             batch_bases = 0;
         }
-        read?;
+        if let Some(e) = stop {
+            // what was written stays written (stdout is a stream); the VCF error is the one reported
+            let _ = out.flush();
+            return Err(anyhow!("{e:#} (stopped; before it {n})"));
+        }
+        if eof {
+            break;
+        }
     }
     out.finish()?;
     if !a.common.quiet {
         let secs = started.elapsed().as_secs_f64();
-        eprintln!(
-            "dna-mamba: {n_in} variants in, {n_scored} scored, {n_skipped} skipped, in {secs:.2} s ({:.1} variants/s)",
-            n_in as f64 / secs.max(1e-9)
-        );
+        eprintln!("dna-mamba: {n}, in {secs:.2} s ({:.1} records/s)", n.records as f64 / secs.max(1e-9));
     }
     Ok(())
 }
@@ -172,70 +223,74 @@ fn score_on<B: Backend>(backend: B, model: Arc<Model>, a: &ScoreArgs) -> Result<
 const BATCH: usize = 1024;
 const BATCH_BASES: usize = 4 << 20;
 
-/// One VCF record on its way through: its scores so far (one row of llr, mllr, cos, l2 per
-/// alternate allele) or why it is not scored, and the window the per-variant scores need.
+/// Scores of one alternate allele: llr, mllr, cos, l2 (those asked for).
+type Scores = [Option<f32>; 4];
+
+/// One VCF record on its way through: per alternate allele its scores so far or why it is
+/// not scored (`Err`: nothing of the record is scored), and the window the per-variant scores
+/// need for the alleles in `scored`.
 struct Pending {
+    line: usize,
     record: vcf::variant::RecordBuf,
-    outcome: Result<Vec<[Option<f32>; 4]>>,
+    outcome: std::result::Result<Vec<std::result::Result<Scores, Skip>>, Skip>,
     window: Option<Window>,
+    /// ALT indices of `window.alt_cols`
+    scored: Vec<usize>,
 }
 
 /// Check one record against the reference, compute its llr from the cached tile pass and cut
-/// its window for the batched scores.
+/// its window for the batched scores. The outer error is a failure of the run (reading the
+/// FASTA, the model), the inner one why the record is skipped.
 fn prepare<B: Backend>(
     p: &mut Pending,
     reference: &mut IndexedFasta,
     scorer: &mut Scorer<B>,
     cache: &mut Option<TileCache>,
     a: &ScoreArgs,
-    n_in: usize,
-) -> Result<Vec<[Option<f32>; 4]>> {
+) -> Result<std::result::Result<Vec<std::result::Result<Scores, Skip>>, Skip>> {
     let record = &p.record;
     let chrom = record.reference_sequence_name().to_string();
-    let pos1 = record.variant_start().map(usize::from).ok_or_else(|| anyhow!("no position (POS 0, record {n_in})"))?;
+    let Some(pos1) = record.variant_start().map(usize::from) else { return Ok(Err(Skip::NoPosition)) };
     let ref_b = record.reference_bases();
     let alts: &[String] = record.alternate_bases().as_ref();
-    let ref_col = match (ref_b.len(), ref_b.as_bytes().first().and_then(|&b| base_index(b))) {
-        (1, Some(c)) => c,
-        _ => bail!("not an SNV (REF {ref_b})"),
+    let (ref_col, cols) = match classify_alleles(ref_b, alts) {
+        Ok(x) => x,
+        Err(skip) => return Ok(Err(skip)),
     };
-    let alt_cols: Vec<usize> = alts
-        .iter()
-        .map(|x| if x.len() == 1 { base_index(x.as_bytes()[0]) } else { None })
-        .collect::<Option<_>>()
-        .ok_or_else(|| anyhow!("not an SNV (ALT {})", alts.join(",")))?;
-    if alt_cols.is_empty() {
-        bail!("no alternate allele");
+    p.scored = (0..cols.len()).filter(|&i| cols[i].is_ok()).collect();
+    if p.scored.is_empty() {
+        return Ok(Ok(cols.into_iter().map(|c| c.map(|_| [None; 4])).collect()));
     }
-    let len = reference.length(&chrom).ok_or_else(|| anyhow!("sequence {chrom} is not in {}", reference.name))?;
+    let Some(len) = reference.length(&chrom) else { return Ok(Err(Skip::UnknownSequence { chrom, fasta: reference.name.clone() })) };
     if pos1 > len {
-        bail!("position {pos1} is past the end of {chrom} ({len} bases)");
+        return Ok(Err(Skip::PastEnd { pos: pos1, chrom, len }));
     }
     let p0 = pos1 - 1;
     let fasta_base = reference.fetch(&chrom, p0, p0 + 1)?[0];
     if base_index(fasta_base) != Some(ref_col) {
-        bail!("REF {ref_b} disagrees with the FASTA ({})", fasta_base as char);
+        return Ok(Err(Skip::RefMismatch { vcf: ref_b.to_string(), fasta: fasta_base as char }));
     }
-    let mut scores = vec![[None; 4]; alt_cols.len()];
+    let mut scores: Vec<std::result::Result<Scores, Skip>> = cols.iter().map(|c| c.clone().map(|_| [None; 4])).collect();
+    let alt_cols: Vec<usize> = p.scored.iter().map(|&i| *cols[i].as_ref().expect("scored")).collect();
     if a.scores.contains(&Score::Llr) {
         let hit = cache.as_ref().is_some_and(|c| c.chrom == chrom && (c.tile.keep_start..c.tile.keep_end).contains(&p0));
         if !hit {
-            let tiles = tiling::plan(len, a.context.max(tiling::MIN_CONTEXT), a.context / 4);
+            let tiles = tiling::plan(len, a.context, a.context / 4);
             let tile = *tiles.iter().find(|t| (t.keep_start..t.keep_end).contains(&p0)).expect("tiles cover the sequence");
             let lp = scorer.log_probs(&tokens(&reference.fetch(&chrom, tile.start, tile.end)?))?;
             *cache = Some(TileCache { chrom: chrom.clone(), tile, lp });
         }
         let c = cache.as_ref().expect("filled above");
         let row = &c.lp[(p0 - c.tile.start) * 4..][..4];
-        for (s, &alt) in scores.iter_mut().zip(&alt_cols) {
-            s[0] = Some(row[alt] - row[ref_col]);
+        for (&i, &alt) in p.scored.iter().zip(&alt_cols) {
+            scores[i].as_mut().expect("scored")[0] = Some(row[alt] - row[ref_col]);
         }
     }
     if a.scores.contains(&Score::Mllr) || a.scores.contains(&Score::Emb) {
         let (lo, hi) = scorer.window(p0, len);
         p.window = Some(Window { tokens: tokens(&reference.fetch(&chrom, lo, hi)?), center: p0 - lo, ref_col, alt_cols });
     }
-    Ok(scores)
+    Ok(Ok(scores))
 }
 
 /// Fill in mllr and the embedding distances of a batch's scored records, all windows at once.
@@ -245,68 +300,83 @@ fn score_windows<B: Backend>(batch: &mut [Pending], scorer: &mut Scorer<B>, mllr
         return Ok(());
     }
     let windows: Vec<Window> = idx.iter().map(|&i| batch[i].window.take().expect("filtered")).collect();
+    // column k of allele j of window i goes to ALT scored[j] of its record
+    let mut put = |i: usize, j: usize, k: usize, v: f32| {
+        let p = &mut batch[i];
+        let alt = p.scored[j];
+        p.outcome.as_mut().expect("filtered")[alt].as_mut().expect("scored")[k] = Some(v);
+    };
     if mllr {
         for (&i, v) in idx.iter().zip(scorer.masked_llr(&windows)?) {
-            let scores = batch[i].outcome.as_mut().expect("filtered");
-            scores.iter_mut().zip(v).for_each(|(s, v)| s[1] = Some(v));
+            v.into_iter().enumerate().for_each(|(j, v)| put(i, j, 1, v));
         }
     }
     if emb {
         for (&i, v) in idx.iter().zip(scorer.embedding_distance(&windows)?) {
-            let scores = batch[i].outcome.as_mut().expect("filtered");
-            scores.iter_mut().zip(v).for_each(|(s, (cos, l2))| {
-                s[2] = Some(cos);
-                s[3] = Some(l2);
+            v.into_iter().enumerate().for_each(|(j, (cos, l2))| {
+                put(i, j, 2, cos);
+                put(i, j, 3, l2);
             });
         }
     }
     Ok(())
 }
 
-/// Write one record (VCF with INFO fields, or TSV rows) and report a skip on stderr.
+/// Write one record (VCF with INFO fields, or TSV rows) and report its skipped alleles on
+/// stderr.
 fn write_record(mut p: Pending, a: &ScoreArgs, header: &vcf::Header, vw: &mut vcf::io::Writer<Vec<u8>>, out: &mut Output, vcf_name: &str) -> Result<()> {
     let record = &mut p.record;
     let chrom = record.reference_sequence_name().to_string();
     let pos1 = record.variant_start().map(usize::from).map(|p| p.to_string()).unwrap_or_else(|| ".".into());
     let ref_b = record.reference_bases().to_string();
     let alts: Vec<String> = record.alternate_bases().as_ref().to_vec();
-    let status = match &p.outcome {
-        Ok(_) => "scored".to_string(),
-        Err(e) => {
-            if !a.common.quiet {
-                eprintln!("skipped: {vcf_name}: {chrom}:{pos1} {ref_b}>{}: {e:#}", alts.join(","));
-            }
-            format!("{e:#}")
-        }
+    // one outcome per ALT (one row for a record without ALT)
+    let n_rows = alts.len().max(1);
+    let per_alt: Vec<std::result::Result<Scores, &Skip>> = match &p.outcome {
+        Ok(v) => v.iter().map(|x| x.as_ref().map(|s| *s)).collect(),
+        Err(skip) => vec![Err(skip); n_rows],
     };
+    if !a.common.quiet {
+        let at = format!("skipped: {vcf_name}: line {}: {chrom}:{pos1} {ref_b}>", p.line);
+        match &p.outcome {
+            Err(skip) => eprintln!("{at}{}: {skip}", if alts.is_empty() { ".".to_string() } else { alts.join(",") }),
+            Ok(v) => {
+                for (alt, x) in alts.iter().zip(v) {
+                    if let Err(skip) = x {
+                        eprintln!("{at}{alt}: {skip}");
+                    }
+                }
+            }
+        }
+    }
     match a.format {
         VariantFormat::Vcf => {
             let info = record.info_mut();
-            match &p.outcome {
-                Ok(scores) => {
-                    for (k, key) in ["DNAM_LLR", "DNAM_MLLR", "DNAM_COS", "DNAM_L2"].iter().enumerate() {
-                        if scores[0][k].is_some() {
-                            let v: Vec<Option<f32>> = scores.iter().map(|s| s[k]).collect();
-                            info.insert(key.to_string(), Some(Value::Array(Array::Float(v))));
-                        }
-                    }
+            for (k, key) in ["DNAM_LLR", "DNAM_MLLR", "DNAM_COS", "DNAM_L2"].iter().enumerate() {
+                let v: Vec<Option<f32>> = per_alt.iter().map(|x| x.ok().and_then(|s| s[k])).collect();
+                if !alts.is_empty() && v.iter().any(Option::is_some) {
+                    info.insert(key.to_string(), Some(Value::Array(Array::Float(v))));
                 }
-                Err(_) => {
-                    // INFO strings cannot hold spaces, commas, semicolons or '='
-                    let code: String = status.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-                    info.insert("DNAM_SKIP".into(), Some(Value::String(code)));
-                }
+            }
+            if per_alt.iter().any(|x| x.is_err()) {
+                let codes = per_alt.iter().map(|x| x.err().map(|s| s.code().to_string())).collect();
+                info.insert("DNAM_SKIP".into(), Some(Value::Array(Array::String(codes))));
             }
             vw.write_variant_record(header, record)?;
             out.write_all(vw.get_ref())?;
             vw.get_mut().clear();
         }
         VariantFormat::Tsv => {
+            let ids: Vec<&str> = record.ids().as_ref().iter().map(String::as_str).collect();
+            let id = if ids.is_empty() { ".".to_string() } else { ids.join(";") };
             let f = |v: Option<f32>| v.map(|x| x.to_string()).unwrap_or_else(|| "NA".into());
             let row_alts = if alts.is_empty() { vec![".".to_string()] } else { alts };
-            for (i, alt) in row_alts.iter().enumerate() {
-                let s = p.outcome.as_ref().ok().and_then(|v| v.get(i)).copied().unwrap_or([None; 4]);
-                writeln!(out, "{chrom}\t{pos1}\t{ref_b}\t{alt}\t{status}\t{}\t{}\t{}\t{}", f(s[0]), f(s[1]), f(s[2]), f(s[3]))?;
+            for (alt, x) in row_alts.iter().zip(&per_alt) {
+                let (status, s, reason) = match x {
+                    Ok(s) => ("scored", *s, ".".to_string()),
+                    Err(skip) => (skip.code(), [None; 4], skip.to_string()),
+                };
+                writeln!(out, "{chrom}\t{pos1}\t{id}\t{ref_b}\t{alt}\t{status}\t{}\t{}\t{}\t{}\t{reason}", f(s[0]), f(s[1]), f(s[2]), f(s[3]))?;
             }
         }
     }

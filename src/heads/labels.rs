@@ -85,41 +85,38 @@ pub struct Interval {
 /// BED3+ intervals. The label is `rename`, else the name column; `track`/`browser`/`#` lines
 /// and blank lines are skipped.
 pub fn read_bed(path: &Path, rename: Option<&str>) -> Result<Vec<Interval>> {
-    use noodles::bed;
-    let text = read_text(path)?;
-    let name = path.display().to_string();
-    // noodles reads records; it does not skip UCSC header lines or blank lines
-    let kept: String = text
-        .lines()
-        .filter(|l| !(l.trim().is_empty() || l.starts_with("track") || l.starts_with("browser") || l.starts_with('#')))
-        .flat_map(|l| [l.trim_end_matches('\r'), "\n"])
-        .collect();
-    let mut reader = bed::io::Reader::<3, _>::new(kept.as_bytes());
-    let mut record = bed::Record::default();
+    parse_bed(&read_text(path)?, &path.display().to_string(), rename)
+}
+
+/// `read_bed` over text; `name` is for messages. Parsed here, not with noodles-bed 0.40, whose
+/// reader panics on some malformed lines (see io::regions::parse_bed).
+pub fn parse_bed(text: &str, name: &str, rename: Option<&str>) -> Result<Vec<Interval>> {
     let mut out = Vec::new();
-    let mut n = 0;
-    loop {
-        n += 1;
-        let got = reader.read_record(&mut record).with_context(|| format!("{name}: record {n}"))?;
-        if got == 0 {
-            break;
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        let l = line.trim_end_matches('\r');
+        if l.trim().is_empty() || l.starts_with("track") || l.starts_with("browser") || l.starts_with('#') {
+            continue;
         }
-        let chrom = record.reference_sequence_name().to_string();
-        let start = record.feature_start().with_context(|| format!("{name}: record {n}: bad start"))?.get() - 1;
-        let end = match record.feature_end() {
-            Some(e) => e.with_context(|| format!("{name}: record {n}: bad end"))?.get(),
-            None => 0,
+        let f: Vec<&str> = l.split('\t').collect();
+        let (chrom, start, end) = match f.as_slice() {
+            [c, s, e, ..] if !c.is_empty() => match (s.parse::<usize>(), e.parse::<usize>()) {
+                (Ok(s), Ok(e)) => (c.to_string(), s, e),
+                _ => bail!("{name}: line {n}: not a BED line (start and end must be integers)"),
+            },
+            _ => bail!("{name}: line {n}: not a BED line (needs chrom, start and end separated by tabs)"),
         };
         if end < start {
-            bail!("{name}: record {n}: end {end} is before start {start}");
+            bail!("{name}: line {n}: end {end} is before start {start}");
         }
         let label = match rename {
             Some(l) => l.to_string(),
-            None => match record.other_fields().get(0) {
-                Some(v) if !v.is_empty() && v != "." => v.to_string(),
-                _ => bail!("{name}: record {n}: no name column to take the label from (BED3: give --label NAME)"),
+            None => match f.get(3) {
+                Some(v) if !v.is_empty() && *v != "." => v.to_string(),
+                _ => bail!("{name}: line {n}: no name column to take the label from (BED3: give --label NAME)"),
             },
         };
+        // an empty interval (an insertion point) paints nothing
         if end > start {
             out.push(Interval { chrom, start, end, label });
         }
@@ -130,16 +127,19 @@ pub fn read_bed(path: &Path, rename: Option<&str>) -> Result<Vec<Interval>> {
 /// GFF3 features whose type is one of `types` (all types when empty). The label is `rename`,
 /// else the type.
 pub fn read_gff(path: &Path, types: &[String], rename: Option<&str>) -> Result<Vec<Interval>> {
+    parse_gff(&read_text(path)?, &path.display().to_string(), types, rename)
+}
+
+/// `read_gff` over text; `name` is for messages.
+pub fn parse_gff(text: &str, name: &str, types: &[String], rename: Option<&str>) -> Result<Vec<Interval>> {
     use noodles::gff;
-    let text = read_text(path)?;
-    let name = path.display().to_string();
-    let kept: String = text.lines().filter(|l| !l.trim().is_empty()).flat_map(|l| [l.trim_end_matches('\r'), "\n"]).collect();
-    let mut reader = gff::io::Reader::new(kept.as_bytes());
+    // blank lines are dropped before noodles sees them: count lines in the original text
+    let kept: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(i, l)| (i + 1, l.trim_end_matches('\r'))).collect();
+    let joined: String = kept.iter().flat_map(|(_, l)| [*l, "\n"]).collect();
+    let mut reader = gff::io::Reader::new(joined.as_bytes());
     let mut line = gff::Line::default();
     let mut out = Vec::new();
-    let mut n = 0;
-    loop {
-        n += 1;
+    for &(n, _) in &kept {
         if reader.read_line(&mut line).with_context(|| format!("{name}: line {n}"))? == 0 {
             break;
         }
@@ -205,7 +205,7 @@ mod tests {
         let bed = dir.path().join("a.bed");
         std::fs::write(&bed, "track name=x\nchr1\t0\t10\tcds\t0\t+\n\nchr1\t20\t25\tcds\nchr2\t5\t6\n").unwrap();
         let e = read_bed(&bed, None).unwrap_err().to_string();
-        assert!(e.contains("record 3") && e.contains("--label"), "{e}");
+        assert!(e.contains("line 5") && e.contains("--label"), "{e}");
         let v = read_bed(&bed, Some("coding")).unwrap();
         assert_eq!(v[0], Interval { chrom: "chr1".into(), start: 0, end: 10, label: "coding".into() });
         assert_eq!((v[2].start, v[2].end), (5, 6));
@@ -216,5 +216,13 @@ mod tests {
         let idx = HashMap::from([("CDS".to_string(), 1u8)]);
         let refs: Vec<&Interval> = v.iter().collect();
         assert_eq!(paint(12, &refs, &idx, 0), [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]);
+    }
+
+    /// The line that made noodles-bed 0.40 panic in io::regions: an error here too.
+    #[test]
+    fn bed_line_that_crashed_noodles() {
+        assert!(parse_bed("chr1\tJ10\r\r\t\t\r\r\r9160\t6c", "t", None).is_err());
+        let e = parse_bed("chr1\t5\t2\tx\n", "t", None).unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("before start"), "{e}");
     }
 }

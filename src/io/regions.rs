@@ -24,15 +24,34 @@ impl Span {
 }
 
 /// Parse `chr`, `chr:beg`, `chr:beg-` or `chr:beg-end` (1-based, inclusive, commas allowed)
-/// against the sequence lengths of an index. A name that is itself in the index wins, so
-/// names containing ':' work as in samtools.
+/// against the sequence lengths of an index, as htslib's hts_parse_region does: a name that
+/// is itself in the index is the whole sequence, `{name}` and `{name}:beg-end` quote a name
+/// holding ':', and a text that reads both ways (`chr1:5-8` when `chr1:5-8` and `chr1` both
+/// exist) is refused as ambiguous.
 pub fn parse_region(text: &str, lengths: &dyn Fn(&str) -> Option<usize>) -> Result<Span> {
     let bad = |why: &str| anyhow!("region '{text}': {why}");
-    if let Some(len) = lengths(text) {
-        return Ok(Span { name: text.to_string(), start: 0, end: len });
-    }
-    let (name, range) = text.rsplit_once(':').ok_or_else(|| bad("unknown sequence name"))?;
-    let len = lengths(name).ok_or_else(|| bad(&format!("unknown sequence name '{name}'")))?;
+    let (name, range) = if let Some(rest) = text.strip_prefix('{') {
+        let (name, after) = rest.split_once('}').ok_or_else(|| bad("no '}' after '{'"))?;
+        let len = lengths(name).ok_or_else(|| bad(&format!("unknown sequence name '{name}'")))?;
+        match after {
+            "" => return Ok(Span { name: name.to_string(), start: 0, end: len }),
+            _ => (name, after.strip_prefix(':').ok_or_else(|| bad("expected ':' or the end after '}'"))?),
+        }
+    } else {
+        let split = text.rsplit_once(':').filter(|(n, _)| lengths(n).is_some());
+        if let Some(len) = lengths(text) {
+            if let Some((n, r)) = split {
+                bail!(bad(&format!("ambiguous: a sequence is named '{text}' and '{n}' also exists; write {{{text}}} for the sequence or {{{n}}}:{r} for the range")));
+            }
+            return Ok(Span { name: text.to_string(), start: 0, end: len });
+        }
+        let (name, range) = text.rsplit_once(':').ok_or_else(|| bad("unknown sequence name"))?;
+        if split.is_none() {
+            bail!(bad(&format!("unknown sequence name '{name}'")));
+        }
+        (name, range)
+    };
+    let len = lengths(name).expect("checked above");
     let num = |s: &str| -> Result<usize> {
         s.replace(',', "").parse::<usize>().map_err(|_| bad(&format!("'{s}' is not a position")))
     };
@@ -53,11 +72,12 @@ pub fn parse_region(text: &str, lengths: &dyn Fn(&str) -> Option<usize>) -> Resu
     Ok(Span { name: name.to_string(), start: beg - 1, end })
 }
 
-/// BED intervals (0-based, half-open; extra columns ignored; `#`, track and browser lines skipped).
+/// BED intervals, plain or gzip/bgzf (0-based, half-open; extra columns ignored; `#`, track and browser lines skipped).
 pub fn read_bed(path: &Path, lengths: &dyn Fn(&str) -> Option<usize>) -> Result<Vec<Span>> {
     let name = path.display().to_string();
     let file = std::fs::File::open(path).with_context(|| name.clone())?;
-    parse_bed(std::io::BufReader::new(file), &name, lengths)
+    // gzip and bgzf BED read as `train --bed` reads them
+    parse_bed(super::vcf::maybe_gunzip(Box::new(file)).with_context(|| name.clone())?, &name, lengths)
 }
 
 /// `read_bed` over any buffered reader; `name` is for messages.
@@ -98,6 +118,16 @@ pub struct IndexedFasta {
 impl IndexedFasta {
     pub fn open(path: &Path) -> Result<Self> {
         let name = path.display().to_string();
+        // an index older than its FASTA may point at the wrong bytes: refuse it, as a stale
+        // index gives wrong bases silently
+        let mut fai = path.as_os_str().to_owned();
+        fai.push(".fai");
+        let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        if let (Some(fa), Some(ix)) = (mtime(path), mtime(Path::new(&fai))) {
+            if ix < fa {
+                bail!("{name}.fai is older than {name}: re-index it with `dna-mamba faidx {name}` (or `samtools faidx`)");
+            }
+        }
         let reader = fasta::io::indexed_reader::Builder::default().build_from_path(path).map_err(|e| {
             anyhow!("{name}: cannot open as an indexed FASTA ({e}); index it with `dna-mamba faidx` or `samtools faidx` (bgzf .gz also needs .gzi)")
         })?;
@@ -134,7 +164,9 @@ mod tests {
         assert_eq!(p("chr1:5").unwrap().start, 4);
         assert_eq!(p("HLA:1").unwrap().end, 50);
         assert_eq!(p("HLA:1:2-3").unwrap(), Span { name: "HLA:1".into(), start: 1, end: 3 });
-        for bad in ["chr2:1-5", "chr1:0-5", "chr1:10-5", "chr1:1-1000001", "chr1:x-5", "nochr"] {
+        assert_eq!(p("{HLA:1}:2-3").unwrap(), Span { name: "HLA:1".into(), start: 1, end: 3 });
+        assert_eq!(p("{chr1}").unwrap().end, 1_000_000);
+        for bad in ["chr2:1-5", "chr1:0-5", "chr1:10-5", "chr1:1-1000001", "chr1:x-5", "nochr", "{chr1", "{chr1}x", "{chr2}", "{HLA:1}:60-70"] {
             assert!(p(bad).is_err(), "{bad}");
         }
     }
@@ -148,6 +180,21 @@ mod tests {
             let e = parse_bed(bad, "t", &lens).unwrap_err().to_string();
             assert!(e.starts_with("t: line 1: "), "{e}");
         }
+    }
+
+    /// htslib's rules for a name that holds a range: ambiguous unless quoted with braces.
+    #[test]
+    fn a_name_that_reads_as_a_range_needs_braces() {
+        let lens = |n: &str| match n {
+            "chr1" => Some(100),
+            "chr1:5-8" => Some(20),
+            _ => None,
+        };
+        let e = parse_region("chr1:5-8", &lens).unwrap_err().to_string();
+        assert!(e.contains("ambiguous") && e.contains("{chr1:5-8}") && e.contains("{chr1}:5-8"), "{e}");
+        assert_eq!(parse_region("{chr1:5-8}", &lens).unwrap(), Span { name: "chr1:5-8".into(), start: 0, end: 20 });
+        assert_eq!(parse_region("{chr1:5-8}:1-2", &lens).unwrap(), Span { name: "chr1:5-8".into(), start: 0, end: 2 });
+        assert_eq!(parse_region("{chr1}:5-8", &lens).unwrap(), Span { name: "chr1".into(), start: 4, end: 8 });
     }
 
     /// A fuzzer find: this line made noodles-bed 0.40 panic (slice index out of range).
