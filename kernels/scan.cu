@@ -482,10 +482,20 @@ extern "C" __global__ void __launch_bounds__(128, 8) scan_fix(float* __restrict_
     unsigned short* yp = y_h + (out_h ? r0 * di + c : 0);
     float S = 0.0f;
     bool fixing = live;
+    // the next step's Δ, z and output are loaded before the current step is computed: the
+    // loop is otherwise one dependent global load per step
+    float d_next = *dp, z_next = *zp, o_next = *op;
     for (int jj = 0; jj < steps; ++jj) {
+        const float dl = d_next, z = z_next;
+        float o = o_next;
+        if (jj + 1 < steps) {
+            d_next = dp[stride];
+            z_next = zp[2 * stride];
+            o_next = op[stride];
+        }
         if (fixing && packed && flags[jj]) fixing = false; // a record starts: h0 no longer reaches
         if (fixing) {
-            S += *dp;
+            S += dl;
             if (S * amin >= FIX_LOG2_CUTOFF) {
                 fixing = false;
             } else {
@@ -497,10 +507,11 @@ extern "C" __global__ void __launch_bounds__(128, 8) scan_fix(float* __restrict_
                     const float v = exp2_ftz(a[n] * S) * h0[n] * cm[n];
                     if (n % 2 == 0) y0 += v; else y1 += v;
                 }
-                *op += (y0 + y1) * silu(*zp);
+                o += (y0 + y1) * silu(z);
+                if (!out_h) *op = o;
             }
         }
-        if (out_h) *yp = to_bf16(*op);
+        if (out_h) *yp = to_bf16(o);
         else if (!fixing) break;
         yp += out_h ? stride : 0;
         op += stride;

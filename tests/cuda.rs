@@ -73,7 +73,18 @@ fn write_model(dir: &Path, kind: Kind, d: usize, n_layer: usize, tie: bool, seed
 /// As `write_model`, with a chosen d_state and d_conv (compile-time sizes of the kernels).
 #[allow(clippy::too_many_arguments)]
 fn write_model_with(dir: &Path, kind: Kind, d: usize, n_layer: usize, tie: bool, seed: u64, n: usize, k: usize) {
-    write_model_full(dir, kind, d, n_layer, tie, seed, n, k, false)
+    write_model_full(dir, kind, d, n_layer, tie, seed, n, k, Decay::Init)
+}
+
+/// Decay rates of a random model's states (see `write_model_full`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Decay {
+    /// As initialised: Δ 1e-3 .. 1e-1, A = -1 .. -16.
+    Init,
+    /// Two channels in three slow, one fast.
+    Slow,
+    /// Every channel fast (Δ 0.3 .. 3): the state forgets within a few steps.
+    Fast,
 }
 
 /// `slow`: two channels in three decay slowly (|A| 0.1 .. 1.8, Δ 2e-3 .. 1e-2: the state keeps
@@ -81,7 +92,8 @@ fn write_model_with(dir: &Path, kind: Kind, d: usize, n_layer: usize, tie: bool,
 /// third fast (Δ 0.3 .. 3, A as initialised: gone within a few steps), so the one-pass scan's
 /// correction stops at different steps in one warp.
 #[allow(clippy::too_many_arguments)]
-fn write_model_full(dir: &Path, kind: Kind, d: usize, n_layer: usize, tie: bool, seed: u64, n: usize, k: usize, slow: bool) {
+fn write_model_full(dir: &Path, kind: Kind, d: usize, n_layer: usize, tie: bool, seed: u64, n: usize, k: usize, decay: Decay) {
+    let slow = decay == Decay::Slow;
     let (bidirectional, rcps) = match kind {
         Kind::Ph => (true, false),
         Kind::Ps => (true, true),
@@ -116,7 +128,12 @@ fn write_model_full(dir: &Path, kind: Kind, d: usize, n_layer: usize, tie: bool,
             tensors.push((format!("{p}dt_proj.weight"), vec![di, rk], rng.vec(di * rk, 1.0 / (rk as f32).sqrt())));
             // Δ between 1e-3 and 1e-1 (log-uniform), stored as its inverse softplus
             let fast = |c: usize| slow && c % 3 == 2;
-            let dt_range = |c: usize| if !slow { (0.001f32, 0.1f32) } else if fast(c) { (0.3, 3.0) } else { (0.002, 0.01) };
+            let dt_range = |c: usize| match decay {
+                Decay::Init => (0.001f32, 0.1f32),
+                Decay::Fast => (0.3, 3.0),
+                Decay::Slow if fast(c) => (0.3, 3.0),
+                Decay::Slow => (0.002, 0.01),
+            };
             let dt_b = (0..di)
                 .map(|c| {
                     let (lo, hi) = dt_range(c);
@@ -193,7 +210,7 @@ fn gpu_engine_scan(model: &Arc<Model>, chunk: usize, precision: Precision, share
 
 fn slow_model(kind: Kind, d: usize, seed: u64) -> Arc<Model> {
     let dir = tempfile::tempdir().unwrap();
-    write_model_full(dir.path(), kind, d, 2, true, seed, 16, 4, true);
+    write_model_full(dir.path(), kind, d, 2, true, seed, 16, 4, Decay::Slow);
     Arc::new(Model::load(dir.path()).unwrap())
 }
 
@@ -494,9 +511,17 @@ fn one_pass_scan_matches_cpu_with_slow_decays() {
         compare_scans(&model, &[20_001, 131_073], &[cuda::DEFAULT_CHUNK], Precision::F32, TOL, seed * 10, &format!("slow f32 {kind:?} d128"));
         compare_scans(&model, &[20_001], &[cuda::DEFAULT_CHUNK], Precision::Bf16, TOL_BF16, seed * 10, &format!("slow bf16 {kind:?} d128"));
     }
-    // the initialisation's decays (most of the state outlives a segment too)
+    // the initialisation's decays (most of the state outlives a segment too): Scan::Auto
+    // keeps the two-pass scan there, and takes the one-pass one where decays are fast
     let model = random_model(Kind::Ph, 64, 2, true, 106);
     compare_scans(&model, &[1, 777, 70_001], &[cuda::DEFAULT_CHUNK, 4099], Precision::F32, TOL, 1060, "init f32 Ph d64");
+    assert_eq!(Cuda::new(model.clone(), 0).unwrap().one_pass_mixers(), (0, 4));
+    let dir = tempfile::tempdir().unwrap();
+    write_model_full(dir.path(), Kind::Ps, 20, 2, true, 108, 16, 4, Decay::Fast);
+    let model = Arc::new(Model::load(dir.path()).unwrap());
+    assert_eq!(Cuda::new(model.clone(), 0).unwrap().one_pass_mixers(), (4, 4));
+    compare_scans(&model, &[1, 2, 1001, 20_001], &[cuda::DEFAULT_CHUNK, 1000], Precision::F32, TOL, 1080, "fast f32 Ps d20");
+    compare_scans(&model, &[1, 2, 1001, 20_001], &[cuda::DEFAULT_CHUNK], Precision::Bf16, TOL_BF16, 1080, "fast bf16 Ps d20");
 }
 
 #[test]
@@ -623,10 +648,25 @@ fn bench_scan_paths() {
     if !gpu("bench_scan_paths") {
         return;
     }
-    let model = random_model(Kind::Ph, 256, 16, true, 42);
-    println!("device: {}", Cuda::new(model.clone(), 0).unwrap().name());
-    println!("| precision | bases | scan | median s | bases/s | GPU MiB used |");
-    for (precision, len) in [(Precision::F32, 131_072usize), (Precision::Bf16, 131_072), (Precision::F32, 1_048_576), (Precision::Bf16, 1_048_576)] {
+    let init = random_model(Kind::Ph, 256, 16, true, 42);
+    let dir = tempfile::tempdir().unwrap();
+    write_model_full(dir.path(), Kind::Ph, 256, 16, true, 42, 16, 4, Decay::Fast);
+    let fast = Arc::new(Model::load(dir.path()).unwrap());
+    println!("device: {}", Cuda::new(init.clone(), 0).unwrap().name());
+    for (name, m) in [("init", &init), ("fast", &fast)] {
+        let (k, n) = Cuda::new(m.clone(), 0).unwrap().one_pass_mixers();
+        println!("{name} decays: Scan::Auto runs {k} of {n} mixers one-pass");
+    }
+    println!("| decays | precision | bases | scan | median s | bases/s | GPU MiB used |");
+    let cases = [
+        (&init, "init", Precision::F32, 131_072usize),
+        (&init, "init", Precision::Bf16, 131_072),
+        (&init, "init", Precision::F32, 1_048_576),
+        (&init, "init", Precision::Bf16, 1_048_576),
+        (&fast, "fast", Precision::Bf16, 131_072),
+        (&fast, "fast", Precision::Bf16, 1_048_576),
+    ];
+    for (model, name, precision, len) in cases {
         let tokens = random_tokens(len, 7);
         for scan in [Scan::TwoPass, Scan::OnePass] {
             let backend = Cuda::with_options(model.clone(), 0, cuda::DEFAULT_CHUNK, precision).unwrap().with_scan(scan);
@@ -643,7 +683,7 @@ fn bench_scan_paths() {
             times.sort_by(f64::total_cmp);
             let med = times[times.len() / 2];
             let (free, total) = e.backend().mem_get_info().unwrap();
-            println!("| {precision:?} | {len} | {scan:?} | {med:.4} | {:.3e} | {} |", len as f64 / med, (total - free) >> 20);
+            println!("| {name} | {precision:?} | {len} | {scan:?} | {med:.4} | {:.3e} | {} |", len as f64 / med, (total - free) >> 20);
         }
     }
 }

@@ -112,6 +112,8 @@ struct DevMamba {
     /// A·log2(e), so the scan's exp(Δ·A) is one exp2f.
     a2: CudaSlice<f32>,
     d: CudaSlice<f32>,
+    /// `Scan::Auto` runs the one-pass scan for this mixer (`one_pass_pays`).
+    one_pass: bool,
 }
 
 /// Per-chunk intermediates, sized for `rows` positions and reused across chunks and calls.
@@ -162,10 +164,12 @@ struct Records {
     len: usize,
 }
 
-/// Which selective-scan kernels run (see kernels/scan.cu). `DNA_MAMBA_SCAN=two-pass` selects
-/// the previous kernels, kept for comparison.
+/// Which selective-scan kernels run (see kernels/scan.cu); `DNA_MAMBA_SCAN=auto|one-pass|two-pass`.
+/// Both compute the same recurrence to f32 rounding; they differ in speed only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scan {
+    /// Per mixer, from its weights (see `one_pass_pays`).
+    Auto,
     /// scan_fused, then (several segments) scan_combine and scan_fix.
     OnePass,
     /// scan_ends, scan_combine, scan_output.
@@ -175,11 +179,37 @@ pub enum Scan {
 impl Scan {
     fn from_env() -> Result<Scan> {
         match std::env::var("DNA_MAMBA_SCAN").as_deref() {
-            Err(_) | Ok("") | Ok("one-pass") => Ok(Scan::OnePass),
+            Err(_) | Ok("") | Ok("auto") => Ok(Scan::Auto),
+            Ok("one-pass") => Ok(Scan::OnePass),
             Ok("two-pass") => Ok(Scan::TwoPass),
-            Ok(other) => anyhow::bail!("DNA_MAMBA_SCAN={other}: expected one-pass or two-pass"),
+            Ok(other) => anyhow::bail!("DNA_MAMBA_SCAN={other}: expected auto, one-pass or two-pass"),
         }
     }
+}
+
+/// Segment length the `Scan::Auto` estimate assumes (segments are 32 to 124 steps).
+const AUTO_SEGMENT: f32 = 96.0;
+/// Largest mean correction share (of a segment) at which the one-pass scan is the faster:
+/// scan_fused costs about 0.6 of the two-pass kernels and a full-length scan_fix about 0.4
+/// (H200, BENCHMARKS.md "GPU engine v2, stage 1").
+const AUTO_MAX_SHARE: f32 = 0.8;
+
+/// Whether the one-pass scan pays for a mixer: scan_fix corrects a segment until every
+/// state's decay exp(A·ΣΔ) is below 2^-27, about 27 / (min|A·log2 e| · Δ) steps. With Δ at
+/// its bias (softplus(dt_b), the value before the input's dt_proj term) this estimates the
+/// share of each segment that needs the correction. Only speed depends on the choice.
+fn one_pass_pays(a2: &[f32], dt_b: &[f32], n: usize) -> bool {
+    let share: f32 = dt_b
+        .iter()
+        .zip(a2.chunks(n))
+        .map(|(&b, a)| {
+            let dt = if b > 20.0 { b } else { b.exp().ln_1p() };
+            let amin = a.iter().fold(f32::INFINITY, |m, v| m.min(v.abs()));
+            (27.0 / (amin * dt).max(1e-30) / AUTO_SEGMENT).min(1.0)
+        })
+        .sum::<f32>()
+        / dt_b.len().max(1) as f32;
+    share <= AUTO_MAX_SHARE
 }
 
 /// The scalar arguments of one chunk's scan launches.
@@ -291,6 +321,12 @@ impl Cuda {
         self.scan
     }
 
+    /// How many of the model's mixers `Scan::Auto` runs with the one-pass scan (of all).
+    pub fn one_pass_mixers(&self) -> (usize, usize) {
+        let all = self.mixers.iter().flat_map(|(f, r)| std::iter::once(f).chain(r.as_ref()));
+        all.fold((0, 0), |(k, n), m| (k + m.one_pass as usize, n + 1))
+    }
+
     fn init(model: Arc<Model>, ordinal: usize, chunk: usize, precision: Precision) -> Result<Self> {
         let count = CudaContext::device_count().context("CUDA driver")?;
         ensure!((ordinal as i64) < count as i64, "CUDA device {ordinal} requested but {count} found");
@@ -341,6 +377,7 @@ impl Cuda {
                 dt_b: up(&m.dt_b)?,
                 a2: up(&a2)?,
                 d: up(&m.d)?,
+                one_pass: one_pass_pays(&a2, &m.dt_b, cfg.d_state),
             })
         };
         let mut mixers = Vec::with_capacity(cfg.n_layer);
@@ -894,7 +931,8 @@ impl Cuda {
             };
             match self.scan {
                 Scan::OnePass => self.scan_one_pass(m, bufs, &io, &grids)?,
-                Scan::TwoPass => self.scan_two_pass(m, bufs, &io, &grids)?,
+                Scan::Auto if m.one_pass => self.scan_one_pass(m, bufs, &io, &grids)?,
+                Scan::TwoPass | Scan::Auto => self.scan_two_pass(m, bufs, &io, &grids)?,
             }
             drop((y_acc, y_h));
 
