@@ -439,8 +439,8 @@ extern "C" __global__ void __launch_bounds__(128, 8) scan_fused(float* __restric
 
 // Grid (channel blocks, nseg - 1): block row s - 1 corrects segment s. h_start as scan_combine
 // leaves it. Dynamic shared memory: seg_len · (D_STATE + 1) floats (C of the segment's steps,
-// reset flags).
-extern "C" __global__ void __launch_bounds__(128, 8) scan_fix(float* __restrict__ x,
+// reset flags). Register cap for 6 blocks per SM (8 spills the loop-carried prefetch).
+extern "C" __global__ void __launch_bounds__(128, 6) scan_fix(float* __restrict__ x,
                                     const float* __restrict__ delta,
                                     const float* __restrict__ dbc,
                                     const float* __restrict__ xz,
@@ -485,7 +485,8 @@ extern "C" __global__ void __launch_bounds__(128, 8) scan_fix(float* __restrict_
     // the next step's Δ, z and output are loaded before the current step is computed: the
     // loop is otherwise one dependent global load per step
     float d_next = *dp, z_next = *zp, o_next = *op;
-    for (int jj = 0; jj < steps; ++jj) {
+    int jj = 0;
+    for (; jj < steps && fixing; ++jj) {
         const float dl = d_next, z = z_next;
         float o = o_next;
         if (jj + 1 < steps) {
@@ -493,8 +494,9 @@ extern "C" __global__ void __launch_bounds__(128, 8) scan_fix(float* __restrict_
             z_next = zp[2 * stride];
             o_next = op[stride];
         }
-        if (fixing && packed && flags[jj]) fixing = false; // a record starts: h0 no longer reaches
-        if (fixing) {
+        if (packed && flags[jj]) {
+            fixing = false; // a record starts: h0 no longer reaches
+        } else {
             S += dl;
             if (S * amin >= FIX_LOG2_CUTOFF) {
                 fixing = false;
@@ -511,11 +513,18 @@ extern "C" __global__ void __launch_bounds__(128, 8) scan_fix(float* __restrict_
                 if (!out_h) *op = o;
             }
         }
+        if (!fixing) break; // step jj keeps its provisional output
         if (out_h) *yp = to_bf16(o);
-        else if (!fixing) break;
         yp += out_h ? stride : 0;
         op += stride;
         dp += stride;
         zp += 2 * stride;
+    }
+    if (out_h) {
+        for (; jj < steps; ++jj) {
+            *yp = to_bf16(*op);
+            yp += stride;
+            op += stride;
+        }
     }
 }

@@ -22,25 +22,25 @@ bench)
     "$G/cuda-tests" --ignored --nocapture bench_scan_paths 2>&1 | tee "$OUT/bench.log" | grep -E "^\||device" ;;
 cli)
     python3 scripts/random-model.py /tmp/m/ph > /dev/null && python3 scripts/bench-inputs.py /tmp/d
-    for scan in two-pass one-pass; do for prec in f32 bf16; do
+    for scan in two-pass one-pass auto; do for prec in f32 bf16; do
         DNA_MAMBA_SCAN=$scan DNA_MAMBA=$G/dna-mamba scripts/bench-gpu.sh "$scan-$prec-8x131k" \
             /tmp/d/r8x131k.fa -m /tmp/m/ph --strand fwd --precision $prec -o /dev/null
         DNA_MAMBA_SCAN=$scan DNA_MAMBA=$G/dna-mamba scripts/bench-gpu.sh "$scan-$prec-1m" \
             /tmp/d/r1m.fa -m /tmp/m/ph --strand fwd --precision $prec --context 1048576 -o /dev/null
     done; done 2>&1 | tee "$OUT/cli.log" ;;
 ncu)
-    for scan in two-pass one-pass; do
-        DNA_MAMBA_SCAN=$scan DNA_MAMBA_PROFILE_PRECISION=bf16 ncu --clock-control none \
-            --metrics gpu__time_duration.sum --csv --print-units base \
-            "$G/cuda-tests" --ignored --nocapture profile_one_layer > "$OUT/ncu-$scan.csv" 2>&1
+    for run in init-two-pass init-one-pass fast-two-pass fast-one-pass; do
+        DNA_MAMBA_SCAN=${run#*-} DNA_MAMBA_PROFILE_DECAY=${run%%-*} DNA_MAMBA_PROFILE_PRECISION=bf16 \
+            ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
+            "$G/cuda-tests" --ignored --nocapture profile_one_layer > "$OUT/ncu-$run.csv" 2>&1
         python3 - "$OUT/ncu-$scan.csv" <<'PY'
 import csv, sys, collections
 rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"'))]
 h = rows[0]; k = h.index("Kernel Name"); v = h.index("Metric Value")
 t = collections.defaultdict(float)
 for r in rows[1:]:
-    t[r[k].split("(")[0][:60]] += float(r[v]) / 1e6
-print(sys.argv[1].split("/")[-1], " ".join(f"{n}={ms:.3f}ms" for n, ms in sorted(t.items(), key=lambda x: -x[1])))
+    t[r[k].split("(")[0][:60]] += float(r[v].replace(",", "")) / 1e6
+print(sys.argv[1].split("/")[-1], " ".join(f"{n}={ms:.3f}ms" for n, ms in sorted(t.items(), key=lambda x: -x[1])[:4]))
 PY
     done ;;
 esac; done

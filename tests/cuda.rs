@@ -726,7 +726,11 @@ fn profile_one_layer() {
         Ok("bf16") => Precision::Bf16,
         _ => Precision::F32,
     };
-    let model = random_model(Kind::Ph, 256, 1, true, 43);
+    // DNA_MAMBA_PROFILE_DECAY=fast: every channel's state forgets within a few steps
+    let decay = if std::env::var("DNA_MAMBA_PROFILE_DECAY").as_deref() == Ok("fast") { Decay::Fast } else { Decay::Init };
+    let dir = tempfile::tempdir().unwrap();
+    write_model_full(dir.path(), Kind::Ph, 256, 1, true, 43, 16, 4, decay);
+    let model = Arc::new(Model::load(dir.path()).unwrap());
     let mut e = gpu_engine(&model, cuda::DEFAULT_CHUNK, precision);
     e.run(&random_tokens(131_072, 9)).unwrap();
     e.backend().synchronize().unwrap();

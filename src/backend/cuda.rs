@@ -187,12 +187,15 @@ impl Scan {
     }
 }
 
-/// Segment length the `Scan::Auto` estimate assumes (segments are 32 to 124 steps).
-const AUTO_SEGMENT: f32 = 96.0;
-/// Largest mean correction share (of a segment) at which the one-pass scan is the faster:
-/// scan_fused costs about 0.6 of the two-pass kernels and a full-length scan_fix about 0.4
-/// (H200, BENCHMARKS.md "GPU engine v2, stage 1").
-const AUTO_MAX_SHARE: f32 = 0.8;
+/// Segment length the `Scan::Auto` estimate assumes (one-pass segments are 248 steps at the
+/// 32768-row chunk and 372 at 65536 on an H200 with d_inner 512).
+const AUTO_SEGMENT: f32 = 248.0;
+/// Largest mean correction share (of a segment) at which `Scan::Auto` takes the one-pass
+/// scan. On an H200 (BENCHMARKS.md "GPU engine v2, stage 1") scan_fused alone costs 0.63 of
+/// the two-pass kernels and a full-length scan_fix another 0.48, but a warp corrects until
+/// its slowest channel is done, and in bf16 scan_fix always walks the whole segment to write
+/// the bf16 output: only clearly short corrections pay.
+const AUTO_MAX_SHARE: f32 = 0.3;
 
 /// Whether the one-pass scan pays for a mixer: scan_fix corrects a segment until every
 /// state's decay exp(A·ΣΔ) is below 2^-27, about 27 / (min|A·log2 e| · Δ) steps. With Δ at
@@ -643,12 +646,16 @@ impl Cuda {
         Ok(slot.as_mut().expect("allocated above"))
     }
 
-    /// Segment length for a chunk of `t` steps: enough (segment, channel) threads to fill
-    /// the GPU about twice over, no shorter than MIN_SEGMENT, and short enough for the
-    /// segment's B and C rows to fit in shared memory.
-    fn segment_len(&self, t: usize) -> usize {
+    /// Segment length for a chunk of `t` steps: no shorter than MIN_SEGMENT, short enough for
+    /// the segment's B and C rows to fit in shared memory, and enough (segment, channel)
+    /// threads to fill the GPU about twice over (two-pass), or 512 per SM for the one-pass
+    /// scan, whose later segments each need a correction: the 16 independent state updates
+    /// of a thread keep the SM busy with fewer threads, and longer segments leave less to
+    /// correct where the state decays within a segment.
+    fn segment_len(&self, t: usize, one_pass: bool) -> usize {
         let cfg = &self.model.config;
-        let want_segments = (self.sms * 2048).div_ceil(cfg.d_inner()).max(1);
+        let per_sm = if one_pass { 512 } else { 2048 };
+        let want_segments = (self.sms * per_sm).div_ceil(cfg.d_inner()).max(1);
         t.div_ceil(want_segments).max(self.shortest_segment()).min(self.longest_segment())
     }
 
@@ -888,7 +895,12 @@ impl Cuda {
                 self.linear(&m.dt_w, di, rk, &s.dbc.slice(..), nx, t, &mut s.delta.slice_mut(..), di, 0.0)?;
             }
 
-            let seg = self.segment_len(t);
+            let one_pass = match self.scan {
+                Scan::OnePass => true,
+                Scan::Auto => m.one_pass,
+                Scan::TwoPass => false,
+            };
+            let seg = self.segment_len(t, one_pass);
             let nseg = t.div_ceil(seg);
             ensure!(nseg <= 65535, "scan: too many segments");
             let (seg32, nseg32) = (seg as i32, nseg as i32);
@@ -929,10 +941,10 @@ impl Cuda {
                 },
                 nseg,
             };
-            match self.scan {
-                Scan::OnePass => self.scan_one_pass(m, bufs, &io, &grids)?,
-                Scan::Auto if m.one_pass => self.scan_one_pass(m, bufs, &io, &grids)?,
-                Scan::TwoPass | Scan::Auto => self.scan_two_pass(m, bufs, &io, &grids)?,
+            if one_pass {
+                self.scan_one_pass(m, bufs, &io, &grids)?;
+            } else {
+                self.scan_two_pass(m, bufs, &io, &grids)?;
             }
             drop((y_acc, y_h));
 
