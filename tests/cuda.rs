@@ -525,6 +525,34 @@ fn one_pass_scan_matches_cpu_with_slow_decays() {
 }
 
 #[test]
+fn one_pass_scan_small_shapes() {
+    if !gpu("one_pass_scan_small_shapes") {
+        return;
+    }
+    // Small enough for compute-sanitizer: chunk 100 (4 segments: scan_fused, scan_combine and
+    // scan_fix all run), f32 and bf16, shared and unshared, one context and packed records.
+    let model = slow_model(Kind::Ps, 24, 109);
+    compare_scans(&model, &[500, 37, 1], &[100], Precision::F32, TOL, 1090, "small f32 Ps d24");
+    compare_scans(&model, &[500, 37, 1], &[100], Precision::Bf16, TOL_BF16, 1090, "small bf16 Ps d24");
+    let hw = model.config.hidden_width();
+    let lens = [40usize, 1, 33, 100, 2, 64, 7];
+    let recs: Vec<Vec<u8>> = lens.iter().enumerate().map(|(i, &l)| random_tokens(l, 1095 + i as u64)).collect();
+    let mut cpu = Engine::new(Cpu::new(model.clone()), model.config.clone());
+    for precision in [Precision::F32, Precision::Bf16] {
+        let mut gpu = gpu_engine_scan(&model, 100, precision, usize::MAX, Scan::OnePass);
+        let all: Vec<u8> = recs.concat();
+        let starts: Vec<usize> = lens.iter().scan(0, |a, &l| { let s = *a; *a += l; Some(s) }).collect();
+        gpu.run_packed(&all, &starts).unwrap();
+        let mut got = vec![f32::NAN; all.len() * hw];
+        gpu.read_rows(0, &mut got).unwrap();
+        let tol = if precision == Precision::F32 { TOL } else { TOL_BF16 };
+        for (k, r) in recs.iter().enumerate() {
+            assert_within(&got[starts[k] * hw..][..r.len() * hw], &hidden(&mut cpu, r), tol, &format!("small packed {precision:?} record {k}"));
+        }
+    }
+}
+
+#[test]
 fn one_pass_scan_matches_cpu_at_1m() {
     if !gpu("one_pass_scan_matches_cpu_at_1m") {
         return;
