@@ -321,16 +321,16 @@ extern "C" __global__ void __launch_bounds__(128, 8) scan_output(float* __restri
 //               2^-27 (S_t·min|a2| >= 27: S only grows), where what is left of h0 is under an
 //               eighth of one f32 rounding of h0 itself, or at the first packed-record reset.
 //               It never multiplies the decays step by step, so it is as exact as the
-//               sequential recurrence. bf16 mode: it also turns the provisional f32 outputs of
-//               its segment into the bf16 operand of out_proj.
+//               sequential recurrence. bf16 mode: scan_fused writes the bf16 output and a
+//               provisional f32 copy, and scan_fix rewrites the bf16 of the steps it corrects.
 // A chunk of one segment is scan_fused alone. When decays are fast (Δ·|A| large) the
 // correction covers a few steps per segment and the chunk is one pass over its inputs; with
 // slow decays (the initialisation's Δ of 1e-3 .. 1e-1 and A = -1 .. -16) it covers whole
 // segments, and costs a little less than the old output pass (no B, no state update).
 //
 // Provisional outputs of segments >= 1 (f32) go where the final f32 output goes (over x, or
-// y_acc in the shared modes); in bf16 mode with acc_mode 0 or 2 they go over x and scan_fix
-// writes y_h.
+// y_acc in the shared modes); in bf16 mode with acc_mode 0 or 2 they go over x as well as to
+// y_h (final wherever scan_fix stops before them).
 
 #define FIX_LOG2_CUTOFF 27.0f
 
@@ -379,8 +379,10 @@ extern "C" __global__ void __launch_bounds__(128, 8) scan_fused(float* __restric
     unsigned short* yp = y_h + (half ? r0 * di + c : 0);
     float* ap = y_acc + (acc_mode ? r0 * di + c : 0);
     const float* zp = xz + r0 * 2 * (size_t)di + di + c;
-    // bf16 output now only where it is final (segment 0); else a provisional f32 over x
-    const bool out_h = half && first;
+    // bf16 mode: the bf16 output, and in later segments also the provisional f32 over x,
+    // from which scan_fix rewrites the bf16 of the steps it corrects
+    const bool out_h = half && acc_mode != 1;
+    const bool prov_x = half && !first;
     float d_next = *dp, x_next = *xp, z_next = *zp;
     float a_next = acc_mode == 2 ? *ap : 0.0f;
     float sum = 0.0f;
@@ -417,8 +419,10 @@ extern "C" __global__ void __launch_bounds__(128, 8) scan_fused(float* __restric
         } else {
             o += prev;
             if (out_h) *yp = to_bf16(o);
-            else if (acc_mode == 2 && !half) *ap = o;
-            else *xp = o;
+            if (prov_x || !half) {
+                if (acc_mode == 2 && !half) *ap = o;
+                else *xp = o;
+            }
         }
         yp += half ? stride : 0;
         ap += acc_mode ? stride : 0;
@@ -485,8 +489,7 @@ extern "C" __global__ void __launch_bounds__(128, 6) scan_fix(float* __restrict_
     // the next step's Δ, z and output are loaded before the current step is computed: the
     // loop is otherwise one dependent global load per step
     float d_next = *dp, z_next = *zp, o_next = *op;
-    int jj = 0;
-    for (; jj < steps && fixing; ++jj) {
+    for (int jj = 0; jj < steps && fixing; ++jj) {
         const float dl = d_next, z = z_next;
         float o = o_next;
         if (jj + 1 < steps) {
@@ -513,18 +516,11 @@ extern "C" __global__ void __launch_bounds__(128, 6) scan_fix(float* __restrict_
                 if (!out_h) *op = o;
             }
         }
-        if (!fixing) break; // step jj keeps its provisional output
+        if (!fixing) break; // from here on scan_fused's output is final
         if (out_h) *yp = to_bf16(o);
         yp += out_h ? stride : 0;
         op += stride;
         dp += stride;
         zp += 2 * stride;
-    }
-    if (out_h) {
-        for (; jj < steps; ++jj) {
-            *yp = to_bf16(*op);
-            yp += stride;
-            op += stride;
-        }
     }
 }

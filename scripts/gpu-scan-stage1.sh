@@ -14,7 +14,7 @@ tests)
     "$G/cuda-tests" --test-threads 4 --nocapture 2>&1 | tee "$OUT/tests.log" \
         | grep -E "test result|FAILED|panicked|one-pass [0-9]|skipped" ;;
 sanitize)
-    for tool in memcheck racecheck; do
+    for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
         compute-sanitizer --tool $tool "$G/cuda-tests" --test-threads 1 one_pass_scan_small_shapes 2>&1 \
             | tee "$OUT/sanitize-$tool.log" | grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test result"
     done ;;

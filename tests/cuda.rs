@@ -516,10 +516,10 @@ fn one_pass_scan_matches_cpu_with_slow_decays() {
     let model = random_model(Kind::Ph, 64, 2, true, 106);
     compare_scans(&model, &[1, 777, 70_001], &[cuda::DEFAULT_CHUNK, 4099], Precision::F32, TOL, 1060, "init f32 Ph d64");
     assert_eq!(Cuda::new(model.clone(), 0).unwrap().one_pass_mixers(), (0, 4));
+    // (the choice itself is unit-tested in src/backend/cuda.rs, without a GPU)
     let dir = tempfile::tempdir().unwrap();
     write_model_full(dir.path(), Kind::Ps, 20, 2, true, 108, 16, 4, Decay::Fast);
     let model = Arc::new(Model::load(dir.path()).unwrap());
-    assert_eq!(Cuda::new(model.clone(), 0).unwrap().one_pass_mixers(), (4, 4));
     compare_scans(&model, &[1, 2, 1001, 20_001], &[cuda::DEFAULT_CHUNK, 1000], Precision::F32, TOL, 1080, "fast f32 Ps d20");
     compare_scans(&model, &[1, 2, 1001, 20_001], &[cuda::DEFAULT_CHUNK], Precision::Bf16, TOL_BF16, 1080, "fast bf16 Ps d20");
 }

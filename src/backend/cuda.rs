@@ -187,15 +187,14 @@ impl Scan {
     }
 }
 
-/// Segment length the `Scan::Auto` estimate assumes (one-pass segments are 248 steps at the
-/// 32768-row chunk and 372 at 65536 on an H200 with d_inner 512).
-const AUTO_SEGMENT: f32 = 248.0;
+/// Segment length the `Scan::Auto` estimate assumes (62 steps at the 32768-row chunk and 124
+/// at 65536 on an H200 with d_inner 512).
+const AUTO_SEGMENT: f32 = 96.0;
 /// Largest mean correction share (of a segment) at which `Scan::Auto` takes the one-pass
 /// scan. On an H200 (BENCHMARKS.md "GPU engine v2, stage 1") scan_fused alone costs 0.63 of
-/// the two-pass kernels and a full-length scan_fix another 0.48, but a warp corrects until
-/// its slowest channel is done, and in bf16 scan_fix always walks the whole segment to write
-/// the bf16 output: only clearly short corrections pay.
-const AUTO_MAX_SHARE: f32 = 0.3;
+/// the two-pass kernels and a full-length scan_fix another 0.48 to 0.65, and a warp corrects
+/// until its slowest channel is done: only clearly short corrections pay.
+const AUTO_MAX_SHARE: f32 = 0.5;
 
 /// Whether the one-pass scan pays for a mixer: scan_fix corrects a segment until every
 /// state's decay exp(A·ΣΔ) is below 2^-27, about 27 / (min|A·log2 e| · Δ) steps. With Δ at
@@ -646,15 +645,15 @@ impl Cuda {
         Ok(slot.as_mut().expect("allocated above"))
     }
 
-    /// Segment length for a chunk of `t` steps: no shorter than MIN_SEGMENT, short enough for
-    /// the segment's B and C rows to fit in shared memory, and enough (segment, channel)
-    /// threads to fill the GPU about twice over (two-pass), or 512 per SM for the one-pass
-    /// scan, whose later segments each need a correction: the 16 independent state updates
-    /// of a thread keep the SM busy with fewer threads, and longer segments leave less to
-    /// correct where the state decays within a segment.
+    /// Segment length for a chunk of `t` steps: enough (segment, channel) threads to fill
+    /// the GPU about twice over, no shorter than MIN_SEGMENT, and short enough for the
+    /// segment's B and C rows to fit in shared memory. The same for both scans.
     fn segment_len(&self, t: usize, one_pass: bool) -> usize {
         let cfg = &self.model.config;
-        let per_sm = if one_pass { 512 } else { 2048 };
+        // one-pass segments sized for 512 threads per SM (fewer corrections) made scan_fused
+        // 1.7x slower on an H200: the scan needs the occupancy
+        let _ = one_pass;
+        let per_sm = 2048;
         let want_segments = (self.sms * per_sm).div_ceil(cfg.d_inner()).max(1);
         t.div_ceil(want_segments).max(self.shortest_segment()).min(self.longest_segment())
     }
@@ -1188,5 +1187,37 @@ impl Backend for Cuda {
         self.stream.memcpy_dtoh(&buf.data.slice(off..off + dst.len()), dst)?;
         self.stream.synchronize()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_pass_pays;
+
+    /// A of a mixer as initialised (A_log = ln(n + 1)) times `scale`, as A·log2(e).
+    fn a2(channels: usize, scale: f32) -> Vec<f32> {
+        (0..channels * 16).map(|e| -((e % 16 + 1) as f32) * scale * std::f32::consts::LOG2_E).collect()
+    }
+
+    /// dt_proj bias for Δ log-uniform in [lo, hi] over the channels (inverse softplus).
+    fn bias(channels: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..channels)
+            .map(|c| {
+                let dt = (lo.ln() + (c as f32 + 0.5) / channels as f32 * (hi / lo).ln()).exp();
+                dt + (-(-dt).exp_m1()).ln()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn auto_scan_choice_follows_the_decay_rates() {
+        // the initialisation's Δ (1e-3 .. 1e-1): the start state outlives a segment: two-pass
+        assert!(!one_pass_pays(&a2(64, 1.0), &bias(64, 1e-3, 0.1), 16));
+        // fast decays (Δ 0.3 .. 3): corrections of a few steps: one-pass
+        assert!(one_pass_pays(&a2(64, 1.0), &bias(64, 0.3, 3.0), 16));
+        // slow A with large Δ still decays slowly
+        assert!(!one_pass_pays(&a2(64, 0.01), &bias(64, 0.3, 3.0), 16));
+        // Δ far above the softplus threshold (bias > 20) is used as is
+        assert!(one_pass_pays(&a2(4, 1.0), &[25.0; 4], 16));
     }
 }
