@@ -307,7 +307,8 @@ extern "C" __global__ void __launch_bounds__(128, 8) scan_output(float* __restri
 }
 
 // ---------------------------------------------------------------------------------------------
-// One-pass scan (the default; DNA_MAMBA_SCAN=two-pass selects the three kernels above).
+// One-pass scan (DNA_MAMBA_SCAN=one-pass; the default stays the three kernels above, which
+// were faster on an H200: BENCHMARKS.md, "GPU engine v2, stage 1").
 //
 //   scan_fused  each segment once: Δ = softplus(δ + b_dt), every exp(Δ·A) computed once, the
 //               state in registers, the output y, the D skip and the SiLU(z) gate in the
@@ -326,7 +327,9 @@ extern "C" __global__ void __launch_bounds__(128, 8) scan_output(float* __restri
 // A chunk of one segment is scan_fused alone. When decays are fast (Δ·|A| large) the
 // correction covers a few steps per segment and the chunk is one pass over its inputs; with
 // slow decays (the initialisation's Δ of 1e-3 .. 1e-1 and A = -1 .. -16) it covers whole
-// segments, and costs a little less than the old output pass (no B, no state update).
+// segments: the same 16 exponentials per step as the old output pass, so the exponentials are
+// computed twice there too. It needs no B and no state update, but a warp corrects until its
+// slowest channel is done.
 //
 // Provisional outputs of segments >= 1 (f32) go where the final f32 output goes (over x, or
 // y_acc in the shared modes); in bf16 mode with acc_mode 0 or 2 they go over x as well as to

@@ -22,7 +22,7 @@ bench)
     "$G/cuda-tests" --ignored --nocapture bench_scan_paths 2>&1 | tee "$OUT/bench.log" | grep -E "^\||device" ;;
 cli)
     python3 scripts/random-model.py /tmp/m/ph > /dev/null && python3 scripts/bench-inputs.py /tmp/d
-    for scan in two-pass one-pass auto; do for prec in f32 bf16; do
+    for scan in two-pass one-pass; do for prec in f32 bf16; do
         DNA_MAMBA_SCAN=$scan DNA_MAMBA=$G/dna-mamba scripts/bench-gpu.sh "$scan-$prec-8x131k" \
             /tmp/d/r8x131k.fa -m /tmp/m/ph --strand fwd --precision $prec -o /dev/null
         DNA_MAMBA_SCAN=$scan DNA_MAMBA=$G/dna-mamba scripts/bench-gpu.sh "$scan-$prec-1m" \

@@ -511,12 +511,10 @@ fn one_pass_scan_matches_cpu_with_slow_decays() {
         compare_scans(&model, &[20_001, 131_073], &[cuda::DEFAULT_CHUNK], Precision::F32, TOL, seed * 10, &format!("slow f32 {kind:?} d128"));
         compare_scans(&model, &[20_001], &[cuda::DEFAULT_CHUNK], Precision::Bf16, TOL_BF16, seed * 10, &format!("slow bf16 {kind:?} d128"));
     }
-    // the initialisation's decays (most of the state outlives a segment too): Scan::Auto
-    // keeps the two-pass scan there, and takes the one-pass one where decays are fast
+    // the initialisation's decays (most of the state outlives a segment too), and fast ones
+    // (the correction stops after a few steps)
     let model = random_model(Kind::Ph, 64, 2, true, 106);
     compare_scans(&model, &[1, 777, 70_001], &[cuda::DEFAULT_CHUNK, 4099], Precision::F32, TOL, 1060, "init f32 Ph d64");
-    assert_eq!(Cuda::new(model.clone(), 0).unwrap().one_pass_mixers(), (0, 4));
-    // (the choice itself is unit-tested in src/backend/cuda.rs, without a GPU)
     let dir = tempfile::tempdir().unwrap();
     write_model_full(dir.path(), Kind::Ps, 20, 2, true, 108, 16, 4, Decay::Fast);
     let model = Arc::new(Model::load(dir.path()).unwrap());
@@ -681,10 +679,6 @@ fn bench_scan_paths() {
     write_model_full(dir.path(), Kind::Ph, 256, 16, true, 42, 16, 4, Decay::Fast);
     let fast = Arc::new(Model::load(dir.path()).unwrap());
     println!("device: {}", Cuda::new(init.clone(), 0).unwrap().name());
-    for (name, m) in [("init", &init), ("fast", &fast)] {
-        let (k, n) = Cuda::new(m.clone(), 0).unwrap().one_pass_mixers();
-        println!("{name} decays: Scan::Auto runs {k} of {n} mixers one-pass");
-    }
     println!("| decays | precision | bases | scan | median s | bases/s | GPU MiB used |");
     let cases = [
         (&init, "init", Precision::F32, 131_072usize),

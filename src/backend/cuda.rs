@@ -8,7 +8,8 @@
 //! end), and a channel flip is absorbed into column-reversed `in_proj` / row-reversed
 //! `out_proj` copies of the weights. So no flipped or gathered copy of a stream is ever made, and `out_proj`
 //! accumulates straight into the residual (beta = 1). The wide intermediates exist per
-//! chunk only; the scan runs in parallel over time segments (see kernels/scan.cu).
+//! chunk only; the scan runs in parallel over time segments (see kernels/scan.cu: two-pass
+//! by default, one-pass with `DNA_MAMBA_SCAN=one-pass`; `Scan`).
 //!
 //! bf16 operands are made where their producer writes anyway: the conv writes a bf16 copy
 //! of its output for x_proj and the scan writes its gated output only as bf16 for out_proj;
@@ -112,8 +113,6 @@ struct DevMamba {
     /// A·log2(e), so the scan's exp(Δ·A) is one exp2f.
     a2: CudaSlice<f32>,
     d: CudaSlice<f32>,
-    /// `Scan::Auto` runs the one-pass scan for this mixer (`one_pass_pays`).
-    one_pass: bool,
 }
 
 /// Per-chunk intermediates, sized for `rows` positions and reused across chunks and calls.
@@ -164,12 +163,13 @@ struct Records {
     len: usize,
 }
 
-/// Which selective-scan kernels run (see kernels/scan.cu); `DNA_MAMBA_SCAN=auto|one-pass|two-pass`.
-/// Both compute the same recurrence to f32 rounding; they differ in speed only.
+/// Which selective-scan kernels run (see kernels/scan.cu); `DNA_MAMBA_SCAN=one-pass|two-pass`.
+/// Both compute the same recurrence to f32 rounding and pass the same tests; they differ in
+/// speed only. The default stays the two-pass scan: on an H200 the one-pass scan was 5-10%
+/// slower end to end on the 131k shape with its initialised decays and within +3% / -8% with
+/// fast decays (BENCHMARKS.md, "GPU engine v2, stage 1").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scan {
-    /// Per mixer, from its weights (see `one_pass_pays`).
-    Auto,
     /// scan_fused, then (several segments) scan_combine and scan_fix.
     OnePass,
     /// scan_ends, scan_combine, scan_output.
@@ -179,39 +179,11 @@ pub enum Scan {
 impl Scan {
     fn from_env() -> Result<Scan> {
         match std::env::var("DNA_MAMBA_SCAN").as_deref() {
-            Err(_) | Ok("") | Ok("auto") => Ok(Scan::Auto),
+            Err(_) | Ok("") | Ok("two-pass") => Ok(Scan::TwoPass),
             Ok("one-pass") => Ok(Scan::OnePass),
-            Ok("two-pass") => Ok(Scan::TwoPass),
-            Ok(other) => anyhow::bail!("DNA_MAMBA_SCAN={other}: expected auto, one-pass or two-pass"),
+            Ok(other) => anyhow::bail!("DNA_MAMBA_SCAN={other}: expected one-pass or two-pass"),
         }
     }
-}
-
-/// Segment length the `Scan::Auto` estimate assumes (62 steps at the 32768-row chunk and 124
-/// at 65536 on an H200 with d_inner 512).
-const AUTO_SEGMENT: f32 = 96.0;
-/// Largest mean correction share (of a segment) at which `Scan::Auto` takes the one-pass
-/// scan. On an H200 (BENCHMARKS.md "GPU engine v2, stage 1") scan_fused alone costs 0.63 of
-/// the two-pass kernels and a full-length scan_fix another 0.48 to 0.65, and a warp corrects
-/// until its slowest channel is done: only clearly short corrections pay.
-const AUTO_MAX_SHARE: f32 = 0.5;
-
-/// Whether the one-pass scan pays for a mixer: scan_fix corrects a segment until every
-/// state's decay exp(A·ΣΔ) is below 2^-27, about 27 / (min|A·log2 e| · Δ) steps. With Δ at
-/// its bias (softplus(dt_b), the value before the input's dt_proj term) this estimates the
-/// share of each segment that needs the correction. Only speed depends on the choice.
-fn one_pass_pays(a2: &[f32], dt_b: &[f32], n: usize) -> bool {
-    let share: f32 = dt_b
-        .iter()
-        .zip(a2.chunks(n))
-        .map(|(&b, a)| {
-            let dt = if b > 20.0 { b } else { b.exp().ln_1p() };
-            let amin = a.iter().fold(f32::INFINITY, |m, v| m.min(v.abs()));
-            (27.0 / (amin * dt).max(1e-30) / AUTO_SEGMENT).min(1.0)
-        })
-        .sum::<f32>()
-        / dt_b.len().max(1) as f32;
-    share <= AUTO_MAX_SHARE
 }
 
 /// The scalar arguments of one chunk's scan launches.
@@ -323,12 +295,6 @@ impl Cuda {
         self.scan
     }
 
-    /// How many of the model's mixers `Scan::Auto` runs with the one-pass scan (of all).
-    pub fn one_pass_mixers(&self) -> (usize, usize) {
-        let all = self.mixers.iter().flat_map(|(f, r)| std::iter::once(f).chain(r.as_ref()));
-        all.fold((0, 0), |(k, n), m| (k + m.one_pass as usize, n + 1))
-    }
-
     fn init(model: Arc<Model>, ordinal: usize, chunk: usize, precision: Precision) -> Result<Self> {
         let count = CudaContext::device_count().context("CUDA driver")?;
         ensure!((ordinal as i64) < count as i64, "CUDA device {ordinal} requested but {count} found");
@@ -379,7 +345,6 @@ impl Cuda {
                 dt_b: up(&m.dt_b)?,
                 a2: up(&a2)?,
                 d: up(&m.d)?,
-                one_pass: one_pass_pays(&a2, &m.dt_b, cfg.d_state),
             })
         };
         let mut mixers = Vec::with_capacity(cfg.n_layer);
@@ -648,13 +613,11 @@ impl Cuda {
     /// Segment length for a chunk of `t` steps: enough (segment, channel) threads to fill
     /// the GPU about twice over, no shorter than MIN_SEGMENT, and short enough for the
     /// segment's B and C rows to fit in shared memory. The same for both scans.
-    fn segment_len(&self, t: usize, one_pass: bool) -> usize {
+    /// (One-pass segments sized for 512 threads per SM, for less to correct, made scan_fused
+    /// 1.7x slower on an H200: the scan needs the occupancy.)
+    fn segment_len(&self, t: usize) -> usize {
         let cfg = &self.model.config;
-        // one-pass segments sized for 512 threads per SM (fewer corrections) made scan_fused
-        // 1.7x slower on an H200: the scan needs the occupancy
-        let _ = one_pass;
-        let per_sm = 2048;
-        let want_segments = (self.sms * per_sm).div_ceil(cfg.d_inner()).max(1);
+        let want_segments = (self.sms * 2048).div_ceil(cfg.d_inner()).max(1);
         t.div_ceil(want_segments).max(self.shortest_segment()).min(self.longest_segment())
     }
 
@@ -894,12 +857,7 @@ impl Cuda {
                 self.linear(&m.dt_w, di, rk, &s.dbc.slice(..), nx, t, &mut s.delta.slice_mut(..), di, 0.0)?;
             }
 
-            let one_pass = match self.scan {
-                Scan::OnePass => true,
-                Scan::Auto => m.one_pass,
-                Scan::TwoPass => false,
-            };
-            let seg = self.segment_len(t, one_pass);
+            let seg = self.segment_len(t);
             let nseg = t.div_ceil(seg);
             ensure!(nseg <= 65535, "scan: too many segments");
             let (seg32, nseg32) = (seg as i32, nseg as i32);
@@ -940,10 +898,9 @@ impl Cuda {
                 },
                 nseg,
             };
-            if one_pass {
-                self.scan_one_pass(m, bufs, &io, &grids)?;
-            } else {
-                self.scan_two_pass(m, bufs, &io, &grids)?;
+            match self.scan {
+                Scan::OnePass => self.scan_one_pass(m, bufs, &io, &grids)?,
+                Scan::TwoPass => self.scan_two_pass(m, bufs, &io, &grids)?,
             }
             drop((y_acc, y_h));
 
@@ -1187,37 +1144,5 @@ impl Backend for Cuda {
         self.stream.memcpy_dtoh(&buf.data.slice(off..off + dst.len()), dst)?;
         self.stream.synchronize()?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::one_pass_pays;
-
-    /// A of a mixer as initialised (A_log = ln(n + 1)) times `scale`, as A·log2(e).
-    fn a2(channels: usize, scale: f32) -> Vec<f32> {
-        (0..channels * 16).map(|e| -((e % 16 + 1) as f32) * scale * std::f32::consts::LOG2_E).collect()
-    }
-
-    /// dt_proj bias for Δ log-uniform in [lo, hi] over the channels (inverse softplus).
-    fn bias(channels: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..channels)
-            .map(|c| {
-                let dt = (lo.ln() + (c as f32 + 0.5) / channels as f32 * (hi / lo).ln()).exp();
-                dt + (-(-dt).exp_m1()).ln()
-            })
-            .collect()
-    }
-
-    #[test]
-    fn auto_scan_choice_follows_the_decay_rates() {
-        // the initialisation's Δ (1e-3 .. 1e-1): the start state outlives a segment: two-pass
-        assert!(!one_pass_pays(&a2(64, 1.0), &bias(64, 1e-3, 0.1), 16));
-        // fast decays (Δ 0.3 .. 3): corrections of a few steps: one-pass
-        assert!(one_pass_pays(&a2(64, 1.0), &bias(64, 0.3, 3.0), 16));
-        // slow A with large Δ still decays slowly
-        assert!(!one_pass_pays(&a2(64, 0.01), &bias(64, 0.3, 3.0), 16));
-        // Δ far above the softplus threshold (bias > 20) is used as is
-        assert!(one_pass_pays(&a2(4, 1.0), &[25.0; 4], 16));
     }
 }
