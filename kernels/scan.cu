@@ -175,11 +175,13 @@ extern "C" __global__ void __launch_bounds__(128, 9) scan_ends(const float* __re
 // Block (32, COMBINE_GROUPS): lane = state cell (coalesced), warp g = a group of consecutive
 // segments. Each thread folds its group from zero (S = Σ ΣΔ, H = end state), the groups'
 // folds meet in shared memory, and each thread walks its group again from its true carry-in.
+// carry_in 0: the chunk's first segment already started from the carried state (scan_fused),
+// so the fold starts from zero.
 extern "C" __global__ void scan_combine(float* __restrict__ h_end,
                                         const float* __restrict__ dsum,
                                         const float* __restrict__ a2,
                                         float* __restrict__ state,
-                                        int nseg, int di)
+                                        int nseg, int di, int carry_in)
 {
     __shared__ float fold_s[COMBINE_GROUPS][32], fold_h[COMBINE_GROUPS][32];
     const int lane = threadIdx.x, g = threadIdx.y;
@@ -189,7 +191,7 @@ extern "C" __global__ void scan_combine(float* __restrict__ h_end,
     const size_t c = live ? i / D_STATE : 0;
     const float a = live ? a2[i] : 0.0f;
     // read before the barrier: the last group overwrites it after
-    float h = live ? state[i] : 0.0f;
+    float h = live && carry_in ? state[i] : 0.0f;
     const int per = (nseg + COMBINE_GROUPS - 1) / COMBINE_GROUPS;
     const int s0 = min(nseg, g * per), s1 = min(nseg, s0 + per);
     float S = 0.0f, H = 0.0f;
@@ -301,5 +303,227 @@ extern "C" __global__ void __launch_bounds__(128, 8) scan_output(float* __restri
     if (write_back) {
 #pragma unroll
         for (int n = 0; n < D_STATE; ++n) hs[n] = h[n];
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One-pass scan (DNA_MAMBA_SCAN=one-pass; the default stays the three kernels above, which
+// were faster on an H200: BENCHMARKS.md, "GPU engine v2, stage 1").
+//
+//   scan_fused  each segment once: Δ = softplus(δ + b_dt), every exp(Δ·A) computed once, the
+//               state in registers, the output y, the D skip and the SiLU(z) gate in the
+//               epilogue. Segment 0 starts from the carried state, so its outputs are final;
+//               the others start from h = 0 and write a provisional f32 output, their local
+//               end state and Σ Δ (and Δ over δ, which the correction reads).
+//   scan_combine (carry_in 0) the segments' true start states and the chunk's final state.
+//   scan_fix    per later segment, the start state's part of the output: with S_t = Σ Δ up to
+//               step t, h_t = h_local_t + exp(A·S_t)·h_0, so y_t gains Σ_n C_tn·2^(a2_n·S_t)·h0_n
+//               (times the gate). It stops once every state's factor 2^(a2_n·S_t) is below
+//               2^-27 (S_t·min|a2| >= 27: S only grows), where what is left of h0 is under an
+//               eighth of one f32 rounding of h0 itself, or at the first packed-record reset.
+//               It never multiplies the decays step by step, so it is as exact as the
+//               sequential recurrence. bf16 mode: scan_fused writes the bf16 output and a
+//               provisional f32 copy, and scan_fix rewrites the bf16 of the steps it corrects.
+// A chunk of one segment is scan_fused alone. When decays are fast (Δ·|A| large) the
+// correction covers a few steps per segment and the chunk is one pass over its inputs; with
+// slow decays (the initialisation's Δ of 1e-3 .. 1e-1 and A = -1 .. -16) it covers whole
+// segments: the same 16 exponentials per step as the old output pass, so the exponentials are
+// computed twice there too. It needs no B and no state update, but a warp corrects until its
+// slowest channel is done.
+//
+// Provisional outputs of segments >= 1 (f32) go where the final f32 output goes (over x, or
+// y_acc in the shared modes); in bf16 mode with acc_mode 0 or 2 they go over x as well as to
+// y_h (final wherever scan_fix stops before them).
+
+#define FIX_LOG2_CUTOFF 27.0f
+
+
+
+// Dynamic shared memory: seg_len · (2·D_STATE + 1) floats. At most 128 threads a block.
+extern "C" __global__ void __launch_bounds__(128, 8) scan_fused(float* __restrict__ x,
+                                      float* __restrict__ delta,
+                                      const float* __restrict__ dbc,
+                                      const float* __restrict__ xz,
+                                      const float* __restrict__ a2,
+                                      const float* __restrict__ dt_b,
+                                      const float* __restrict__ d_skip,
+                                      float* __restrict__ state,
+                                      float* __restrict__ h_end,
+                                      float* __restrict__ dsum,
+                                      int t, int di, int nx, int rk, int seg_len, int nseg, int rev,
+                                      const int* __restrict__ rec, long long row0, long long len, int packed,
+                                      unsigned short* __restrict__ y_h, int half,
+                                      float* __restrict__ y_acc, int acc_mode)
+{
+    extern __shared__ float4 smem4[];
+    float* bcs = reinterpret_cast<float*>(smem4);
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    const int s = blockIdx.y;
+    const int j0 = s * seg_len;
+    const int steps = min(seg_len, t - j0);
+    stage_rows(bcs, dbc, j0, steps, 2 * D_STATE, t, nx, rk, rev, rec, row0, len, packed);
+    const int* flags = reinterpret_cast<const int*>(bcs + steps * 2 * D_STATE);
+    if (c >= di) return;
+    const bool first = s == 0;
+    // later segments keep Δ for scan_fix
+    const bool keep_delta = !first;
+    float a[D_STATE], h[D_STATE];
+#pragma unroll
+    for (int n = 0; n < D_STATE; ++n) {
+        a[n] = a2[(size_t)c * D_STATE + n];
+        h[n] = first ? state[(size_t)c * D_STATE + n] : 0.0f;
+    }
+    const float bias = dt_b[c];
+    const float dsk = d_skip[c];
+    const long long stride = rev ? -(long long)di : (long long)di;
+    const size_t r0 = step_row(j0, t, rev);
+    float* dp = delta + r0 * di + c;
+    float* xp = x + r0 * di + c;
+    unsigned short* yp = y_h + (half ? r0 * di + c : 0);
+    float* ap = y_acc + (acc_mode ? r0 * di + c : 0);
+    const float* zp = xz + r0 * 2 * (size_t)di + di + c;
+    // bf16 mode: the bf16 output, and in later segments also the provisional f32 over x,
+    // from which scan_fix rewrites the bf16 of the steps it corrects
+    const bool out_h = half && acc_mode != 1;
+    const bool prov_x = half && !first;
+    float d_next = *dp, x_next = *xp, z_next = *zp;
+    float a_next = acc_mode == 2 ? *ap : 0.0f;
+    float sum = 0.0f;
+    bool reset = false;
+    for (int jj = 0; jj < steps; ++jj) {
+        const float d_raw = d_next, xv = x_next, z = z_next, prev = a_next;
+        if (jj + 1 < steps) {
+            d_next = dp[stride];
+            x_next = xp[stride];
+            z_next = zp[2 * stride];
+            if (acc_mode == 2) a_next = ap[stride];
+        }
+        if (packed && flags[jj]) {
+#pragma unroll
+            for (int n = 0; n < D_STATE; ++n) h[n] = 0.0f;
+            reset = true;
+        }
+        const float dl = softplus(d_raw + bias);
+        if (keep_delta) *dp = dl;
+        sum += dl;
+        const float dx = dl * xv;
+        float bm[D_STATE], cm[D_STATE];
+        load_state_row(bm, bcs + jj * 2 * D_STATE);
+        load_state_row(cm, bcs + jj * 2 * D_STATE + D_STATE);
+        float y0 = 0.0f, y1 = 0.0f;
+#pragma unroll
+        for (int n = 0; n < D_STATE; ++n) {
+            h[n] = exp2_ftz(dl * a[n]) * h[n] + dx * bm[n];
+            if (n % 2 == 0) y0 += h[n] * cm[n]; else y1 += h[n] * cm[n];
+        }
+        float o = (y0 + y1 + dsk * xv) * silu(z);
+        if (acc_mode == 1) {
+            *ap = o;
+        } else {
+            o += prev;
+            if (out_h) *yp = to_bf16(o);
+            if (prov_x || !half) {
+                if (acc_mode == 2 && !half) *ap = o;
+                else *xp = o;
+            }
+        }
+        yp += half ? stride : 0;
+        ap += acc_mode ? stride : 0;
+        dp += stride;
+        xp += stride;
+        zp += 2 * stride;
+    }
+    if (nseg == 1) {
+#pragma unroll
+        for (int n = 0; n < D_STATE; ++n) state[(size_t)c * D_STATE + n] = h[n];
+    } else {
+        float* he = h_end + ((size_t)s * di + c) * D_STATE;
+#pragma unroll
+        for (int n = 0; n < D_STATE; ++n) he[n] = h[n];
+        dsum[(size_t)s * di + c] = reset ? -1.0f : sum;
+    }
+}
+
+// Grid (channel blocks, nseg - 1): block row s - 1 corrects segment s. h_start as scan_combine
+// leaves it. Dynamic shared memory: seg_len · (D_STATE + 1) floats (C of the segment's steps,
+// reset flags). Register cap for 6 blocks per SM (8 spills the loop-carried prefetch).
+extern "C" __global__ void __launch_bounds__(128, 6) scan_fix(float* __restrict__ x,
+                                    const float* __restrict__ delta,
+                                    const float* __restrict__ dbc,
+                                    const float* __restrict__ xz,
+                                    const float* __restrict__ a2,
+                                    const float* __restrict__ h_start,
+                                    int t, int di, int nx, int rk, int seg_len, int rev,
+                                    const int* __restrict__ rec, long long row0, long long len, int packed,
+                                    unsigned short* __restrict__ y_h, int half,
+                                    float* __restrict__ y_acc, int acc_mode)
+{
+    extern __shared__ float4 smem4[];
+    float* cs = reinterpret_cast<float*>(smem4);
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    const int s = blockIdx.y + 1;
+    const int j0 = s * seg_len;
+    const int steps = min(seg_len, t - j0);
+    stage_rows(cs, dbc, j0, steps, D_STATE, t, nx, rk + D_STATE, rev, rec, row0, len, packed);
+    const int* flags = reinterpret_cast<const int*>(cs + steps * D_STATE);
+    if (c >= di) return;
+    float a[D_STATE], h0[D_STATE];
+    load_state_row(h0, h_start + ((size_t)s * di + c) * D_STATE);
+    float amin = __int_as_float(0x7f800000); // +inf (NVRTC has no math.h)
+    bool live = false;
+#pragma unroll
+    for (int n = 0; n < D_STATE; ++n) {
+        a[n] = a2[(size_t)c * D_STATE + n];
+        amin = fminf(amin, fabsf(a[n]));
+        live |= h0[n] != 0.0f;
+    }
+    const long long stride = rev ? -(long long)di : (long long)di;
+    const size_t r0 = step_row(j0, t, rev);
+    const float* dp = delta + r0 * di + c;
+    const float* zp = xz + r0 * 2 * (size_t)di + di + c;
+    // where scan_fused left the provisional output
+    const bool in_acc = acc_mode == 1 || (acc_mode == 2 && !half);
+    float* op = in_acc ? y_acc + r0 * di + c : x + r0 * di + c;
+    // bf16 mode (unless the first direction of a shared layer, which stays f32): final bf16
+    const bool out_h = half && acc_mode != 1;
+    unsigned short* yp = y_h + (out_h ? r0 * di + c : 0);
+    float S = 0.0f;
+    bool fixing = live;
+    // the next step's Δ, z and output are loaded before the current step is computed: the
+    // loop is otherwise one dependent global load per step
+    float d_next = *dp, z_next = *zp, o_next = *op;
+    for (int jj = 0; jj < steps && fixing; ++jj) {
+        const float dl = d_next, z = z_next;
+        float o = o_next;
+        if (jj + 1 < steps) {
+            d_next = dp[stride];
+            z_next = zp[2 * stride];
+            o_next = op[stride];
+        }
+        if (packed && flags[jj]) {
+            fixing = false; // a record starts: h0 no longer reaches
+        } else {
+            S += dl;
+            if (S * amin >= FIX_LOG2_CUTOFF) {
+                fixing = false;
+            } else {
+                float cm[D_STATE];
+                load_state_row(cm, cs + jj * D_STATE);
+                float y0 = 0.0f, y1 = 0.0f;
+#pragma unroll
+                for (int n = 0; n < D_STATE; ++n) {
+                    const float v = exp2_ftz(a[n] * S) * h0[n] * cm[n];
+                    if (n % 2 == 0) y0 += v; else y1 += v;
+                }
+                o += (y0 + y1) * silu(z);
+                if (!out_h) *op = o;
+            }
+        }
+        if (!fixing) break; // from here on scan_fused's output is final
+        if (out_h) *yp = to_bf16(o);
+        yp += out_h ? stride : 0;
+        op += stride;
+        dp += stride;
+        zp += 2 * stride;
     }
 }

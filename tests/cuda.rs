@@ -1,7 +1,8 @@
 //! The CUDA backend against the CPU backend (fresh random models and inputs) and against the
-//! float64 reference fixtures. Tolerance: <= 1e-4 norm-wise relative error in f32, <= 1e-2
-//! in bf16 (against the CPU's f32). Packed contexts (several records in one) against each
-//! record run alone on the CPU.
+//! float64 reference fixtures. Tolerance: <= 1e-6 norm-wise relative error in f32, <= 1e-2
+//! in bf16 (against the CPU's f32; <= 3e-3 on the 16-layer d_model 256 shape). Packed
+//! contexts (several records in one) against each record run alone on the CPU. Both scan
+//! paths (one-pass, the default, and the old two-pass) are checked on slow-decay models.
 //!
 //! Without a GPU, driver or CUDA libraries each test prints why and passes (CI has no GPU).
 //! `cargo test --release --test cuda -- --ignored --nocapture bench` prints throughput.
@@ -15,7 +16,7 @@ use std::time::Instant;
 
 use common::*;
 use dna_mamba::backend::cpu::Cpu;
-use dna_mamba::backend::cuda::{self, Cuda};
+use dna_mamba::backend::cuda::{self, Cuda, Scan};
 use dna_mamba::backend::{Backend, Precision};
 use dna_mamba::embed::{Embedder, Feature, Strand};
 use dna_mamba::model::forward::Engine;
@@ -23,7 +24,9 @@ use dna_mamba::pool::ReadPool;
 use dna_mamba::model::Model;
 use safetensors::{tensor::TensorView, Dtype};
 
-const TOL: f64 = 1e-4;
+const TOL: f64 = 1e-6;
+/// bf16 against f32 on the 16-layer d_model 256 random shape.
+const TOL_BF16_DEEP: f64 = 3e-3;
 const TOL_BF16: f64 = 1e-2;
 
 fn gpu(test: &str) -> bool {
@@ -70,6 +73,27 @@ fn write_model(dir: &Path, kind: Kind, d: usize, n_layer: usize, tie: bool, seed
 /// As `write_model`, with a chosen d_state and d_conv (compile-time sizes of the kernels).
 #[allow(clippy::too_many_arguments)]
 fn write_model_with(dir: &Path, kind: Kind, d: usize, n_layer: usize, tie: bool, seed: u64, n: usize, k: usize) {
+    write_model_full(dir, kind, d, n_layer, tie, seed, n, k, Decay::Init)
+}
+
+/// Decay rates of a random model's states (see `write_model_full`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Decay {
+    /// As initialised: Δ 1e-3 .. 1e-1, A = -1 .. -16.
+    Init,
+    /// Two channels in three slow, one fast.
+    Slow,
+    /// Every channel fast (Δ 0.3 .. 3): the state forgets within a few steps.
+    Fast,
+}
+
+/// `slow`: two channels in three decay slowly (|A| 0.1 .. 1.8, Δ 2e-3 .. 1e-2: the state keeps
+/// e^-1 of itself over 500 to 5,000 steps, so it crosses many scan segments and chunks), the
+/// third fast (Δ 0.3 .. 3, A as initialised: gone within a few steps), so the one-pass scan's
+/// correction stops at different steps in one warp.
+#[allow(clippy::too_many_arguments)]
+fn write_model_full(dir: &Path, kind: Kind, d: usize, n_layer: usize, tie: bool, seed: u64, n: usize, k: usize, decay: Decay) {
+    let slow = decay == Decay::Slow;
     let (bidirectional, rcps) = match kind {
         Kind::Ph => (true, false),
         Kind::Ps => (true, true),
@@ -103,14 +127,23 @@ fn write_model_with(dir: &Path, kind: Kind, d: usize, n_layer: usize, tie: bool,
             tensors.push((format!("{p}x_proj.weight"), vec![rk + 2 * n, di], rng.vec((rk + 2 * n) * di, 1.0 / (di as f32).sqrt())));
             tensors.push((format!("{p}dt_proj.weight"), vec![di, rk], rng.vec(di * rk, 1.0 / (rk as f32).sqrt())));
             // Δ between 1e-3 and 1e-1 (log-uniform), stored as its inverse softplus
+            let fast = |c: usize| slow && c % 3 == 2;
+            let dt_range = |c: usize| match decay {
+                Decay::Init => (0.001f32, 0.1f32),
+                Decay::Fast => (0.3, 3.0),
+                Decay::Slow if fast(c) => (0.3, 3.0),
+                Decay::Slow => (0.002, 0.01),
+            };
             let dt_b = (0..di)
-                .map(|_| {
-                    let dt = (0.001f32.ln() + (rng.sym() + 1.0) * 0.5 * (0.1f32 / 0.001).ln()).exp();
+                .map(|c| {
+                    let (lo, hi) = dt_range(c);
+                    let dt = (lo.ln() + (rng.sym() + 1.0) * 0.5 * (hi / lo).ln()).exp();
                     dt + (-(-dt).exp_m1()).ln()
                 })
                 .collect();
             tensors.push((format!("{p}dt_proj.bias"), vec![di], dt_b));
-            let a_log = (0..di * n).map(|e| (((e % n) + 1) as f32).ln() + 0.1 * rng.sym()).collect();
+            let a_scale = |c: usize| if slow && !fast(c) { 0.1f32.ln() } else { 0.0 };
+            let a_log = (0..di * n).map(|e| (((e % n) + 1) as f32).ln() + a_scale(e / n) + 0.1 * rng.sym()).collect();
             tensors.push((format!("{p}A_log"), vec![di, n], a_log));
             tensors.push((format!("{p}D"), vec![di], (0..di).map(|_| 1.0 + 0.1 * rng.sym()).collect()));
         }
@@ -168,6 +201,17 @@ const SHARES: [(bool, usize); 2] = [(true, usize::MAX), (false, 0)];
 fn gpu_engine_shared(model: &Arc<Model>, chunk: usize, precision: Precision, share_bytes: usize) -> Engine<Cuda> {
     let backend = Cuda::with_options(model.clone(), 0, chunk, precision).unwrap().with_share_bytes(share_bytes);
     Engine::new(backend, model.config.clone())
+}
+
+fn gpu_engine_scan(model: &Arc<Model>, chunk: usize, precision: Precision, share_bytes: usize, scan: Scan) -> Engine<Cuda> {
+    let backend = Cuda::with_options(model.clone(), 0, chunk, precision).unwrap().with_share_bytes(share_bytes).with_scan(scan);
+    Engine::new(backend, model.config.clone())
+}
+
+fn slow_model(kind: Kind, d: usize, seed: u64) -> Arc<Model> {
+    let dir = tempfile::tempdir().unwrap();
+    write_model_full(dir.path(), kind, d, 2, true, seed, 16, 4, Decay::Slow);
+    Arc::new(Model::load(dir.path()).unwrap())
 }
 
 fn compare_with_cpu(model: &Arc<Model>, lens: &[usize], chunks: &[usize], seed: u64, what: &str) {
@@ -315,7 +359,7 @@ fn bf16_deep_model_matches_cpu() {
         let tokens = random_tokens(4096, seed);
         let want = hidden(&mut Engine::new(Cpu::new(model.clone()), model.config.clone()), &tokens);
         let got = hidden(&mut gpu_engine(&model, cuda::DEFAULT_CHUNK, Precision::Bf16), &tokens);
-        let e = assert_within(&got, &want, TOL_BF16, &format!("bf16 {kind:?} d256 x16"));
+        let e = assert_within(&got, &want, TOL_BF16_DEEP, &format!("bf16 {kind:?} d256 x16"));
         let f32_got = hidden(&mut gpu_engine(&model, cuda::DEFAULT_CHUNK, Precision::F32), &tokens);
         let e32 = assert_close(&f32_got, &want, &format!("f32 {kind:?} d256 x16"));
         println!("{kind:?} d256 x16, 4096 bases: relative error vs CPU f32: bf16 {e:.2e}, f32 {e32:.2e}");
@@ -338,6 +382,9 @@ fn bf16_deep_model_matches_cpu() {
 fn packing_cases() -> Vec<Vec<usize>> {
     let mut rng = Rng(77);
     let mixed: Vec<usize> = (0..60).map(|_| 1 + (rng.next() % 1500) as usize).collect();
+    // boundaries everywhere: every offset within a scan segment (32 .. 124 steps) and at
+    // segment starts
+    let everywhere: Vec<usize> = (1..=70).chain([31, 32, 33, 32, 64, 62, 124, 1, 1, 2]).collect();
     vec![
         vec![1],
         vec![150],
@@ -345,6 +392,7 @@ fn packing_cases() -> Vec<Vec<usize>> {
         vec![150, 151, 150],
         vec![151, 1, 150, 2, 3, 1000, 37, 1, 151],
         mixed,
+        everywhere,
     ]
 }
 
@@ -405,6 +453,112 @@ fn packed_records_match_cpu_per_record() {
     write_model_with(dir.path(), Kind::Ps, 20, 2, true, 56, 10, 3);
     let model = Arc::new(Model::load(dir.path()).unwrap());
     check_packed(&model, &[cuda::DEFAULT_CHUNK, 64], Precision::F32, TOL, 5600, "f32 Ps d20 d_state 10 d_conv 3");
+    // slow decays: without the resets the state would reach across many records
+    for (kind, seed) in [(Kind::Ph, 57), (Kind::Ps, 58), (Kind::Causal, 59)] {
+        let model = slow_model(kind, 20, seed);
+        check_packed(&model, &[cuda::DEFAULT_CHUNK, 1000], Precision::F32, TOL, seed * 100, &format!("slow f32 {kind:?} d20"));
+        check_packed(&model, &[cuda::DEFAULT_CHUNK], Precision::Bf16, TOL_BF16, seed * 100, &format!("slow bf16 {kind:?} d20"));
+    }
+}
+
+/// Both scan paths against the CPU on one model; returns the worst error of each.
+fn compare_scans(model: &Arc<Model>, lens: &[usize], chunks: &[usize], precision: Precision, tol: f64, seed: u64, what: &str) -> [f64; 2] {
+    let mut cpu = Engine::new(Cpu::new(model.clone()), model.config.clone());
+    let mut worst = [0f64; 2];
+    let wants: Vec<(Vec<u8>, Vec<f32>)> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| {
+            let tokens = random_tokens(len, seed + i as u64);
+            let want = hidden(&mut cpu, &tokens);
+            (tokens, want)
+        })
+        .collect();
+    for &chunk in chunks {
+        for (share, bytes) in SHARES {
+            for (k, scan) in [Scan::OnePass, Scan::TwoPass].into_iter().enumerate() {
+                let mut gpu = gpu_engine_scan(model, chunk, precision, bytes, scan);
+                assert_eq!(gpu.backend().scan(), scan);
+                for (tokens, want) in &wants {
+                    let got = hidden(&mut gpu, tokens);
+                    let e = assert_within(&got, want, tol, &format!("{what} {scan:?} len {} chunk {chunk} shared {share}", tokens.len()));
+                    worst[k] = worst[k].max(e);
+                }
+            }
+        }
+    }
+    println!("{what}: max relative error vs CPU f32: one-pass {:.2e}, two-pass {:.2e}", worst[0], worst[1]);
+    worst
+}
+
+#[test]
+fn one_pass_scan_matches_cpu_with_slow_decays() {
+    if !gpu("one_pass_scan_matches_cpu_with_slow_decays") {
+        return;
+    }
+    // Slow decays carry the state across many segments (32 .. 124 steps) and chunks, so the
+    // correction of every later segment runs, and stops at different steps per channel.
+    // Lengths 1, 2, 3 (one segment), odd lengths, several chunks with carried state.
+    let lens = [1usize, 2, 3, 63, 1001, 20_001, 70_001];
+    for (kind, seed) in [(Kind::Ph, 101), (Kind::Ps, 102), (Kind::Causal, 103)] {
+        let model = slow_model(kind, 20, seed);
+        compare_scans(&model, &lens, &[cuda::DEFAULT_CHUNK, 4099, 1000], Precision::F32, TOL, seed * 10, &format!("slow f32 {kind:?} d20"));
+        compare_scans(&model, &lens, &[cuda::DEFAULT_CHUNK, 1000], Precision::Bf16, TOL_BF16, seed * 10, &format!("slow bf16 {kind:?} d20"));
+    }
+    // d_model 128: several channel blocks per segment row
+    for (kind, seed) in [(Kind::Ph, 104), (Kind::Ps, 105)] {
+        let model = slow_model(kind, 128, seed);
+        compare_scans(&model, &[20_001, 131_073], &[cuda::DEFAULT_CHUNK], Precision::F32, TOL, seed * 10, &format!("slow f32 {kind:?} d128"));
+        compare_scans(&model, &[20_001], &[cuda::DEFAULT_CHUNK], Precision::Bf16, TOL_BF16, seed * 10, &format!("slow bf16 {kind:?} d128"));
+    }
+    // the initialisation's decays (most of the state outlives a segment too), and fast ones
+    // (the correction stops after a few steps)
+    let model = random_model(Kind::Ph, 64, 2, true, 106);
+    compare_scans(&model, &[1, 777, 70_001], &[cuda::DEFAULT_CHUNK, 4099], Precision::F32, TOL, 1060, "init f32 Ph d64");
+    let dir = tempfile::tempdir().unwrap();
+    write_model_full(dir.path(), Kind::Ps, 20, 2, true, 108, 16, 4, Decay::Fast);
+    let model = Arc::new(Model::load(dir.path()).unwrap());
+    compare_scans(&model, &[1, 2, 1001, 20_001], &[cuda::DEFAULT_CHUNK, 1000], Precision::F32, TOL, 1080, "fast f32 Ps d20");
+    compare_scans(&model, &[1, 2, 1001, 20_001], &[cuda::DEFAULT_CHUNK], Precision::Bf16, TOL_BF16, 1080, "fast bf16 Ps d20");
+}
+
+#[test]
+fn one_pass_scan_small_shapes() {
+    if !gpu("one_pass_scan_small_shapes") {
+        return;
+    }
+    // Small enough for compute-sanitizer: chunk 100 (4 segments: scan_fused, scan_combine and
+    // scan_fix all run), f32 and bf16, shared and unshared, one context and packed records.
+    let model = slow_model(Kind::Ps, 24, 109);
+    compare_scans(&model, &[500, 37, 1], &[100], Precision::F32, TOL, 1090, "small f32 Ps d24");
+    compare_scans(&model, &[500, 37, 1], &[100], Precision::Bf16, TOL_BF16, 1090, "small bf16 Ps d24");
+    let hw = model.config.hidden_width();
+    let lens = [40usize, 1, 33, 100, 2, 64, 7];
+    let recs: Vec<Vec<u8>> = lens.iter().enumerate().map(|(i, &l)| random_tokens(l, 1095 + i as u64)).collect();
+    let mut cpu = Engine::new(Cpu::new(model.clone()), model.config.clone());
+    for precision in [Precision::F32, Precision::Bf16] {
+        let mut gpu = gpu_engine_scan(&model, 100, precision, usize::MAX, Scan::OnePass);
+        let all: Vec<u8> = recs.concat();
+        let starts: Vec<usize> = lens.iter().scan(0, |a, &l| { let s = *a; *a += l; Some(s) }).collect();
+        gpu.run_packed(&all, &starts).unwrap();
+        let mut got = vec![f32::NAN; all.len() * hw];
+        gpu.read_rows(0, &mut got).unwrap();
+        let tol = if precision == Precision::F32 { TOL } else { TOL_BF16 };
+        for (k, r) in recs.iter().enumerate() {
+            assert_within(&got[starts[k] * hw..][..r.len() * hw], &hidden(&mut cpu, r), tol, &format!("small packed {precision:?} record {k}"));
+        }
+    }
+}
+
+#[test]
+fn one_pass_scan_matches_cpu_at_1m() {
+    if !gpu("one_pass_scan_matches_cpu_at_1m") {
+        return;
+    }
+    // 1,048,577 bases in one context: 33 chunks, the state carried across each, unshared
+    // (over the cap) and shared (forced).
+    let model = slow_model(Kind::Ph, 20, 107);
+    compare_scans(&model, &[1_048_577], &[cuda::DEFAULT_CHUNK], Precision::F32, TOL, 1070, "slow f32 Ph d20 1M");
 }
 
 #[test]
@@ -511,6 +665,51 @@ fn bench_ph_131k() {
     }
 }
 
+/// The one-pass scan against the old two-pass one: forward passes of the Ph 131k shape
+/// (random weights), `--strand fwd` contexts, f32 and bf16, default chunk and sharing.
+/// Median of 5 after a warm-up; "MiB" is total - free after the runs.
+#[test]
+#[ignore]
+fn bench_scan_paths() {
+    if !gpu("bench_scan_paths") {
+        return;
+    }
+    let init = random_model(Kind::Ph, 256, 16, true, 42);
+    let dir = tempfile::tempdir().unwrap();
+    write_model_full(dir.path(), Kind::Ph, 256, 16, true, 42, 16, 4, Decay::Fast);
+    let fast = Arc::new(Model::load(dir.path()).unwrap());
+    println!("device: {}", Cuda::new(init.clone(), 0).unwrap().name());
+    println!("| decays | precision | bases | scan | median s | bases/s | GPU MiB used |");
+    let cases = [
+        (&init, "init", Precision::F32, 131_072usize),
+        (&init, "init", Precision::Bf16, 131_072),
+        (&init, "init", Precision::F32, 1_048_576),
+        (&init, "init", Precision::Bf16, 1_048_576),
+        (&fast, "fast", Precision::Bf16, 131_072),
+        (&fast, "fast", Precision::Bf16, 1_048_576),
+    ];
+    for (model, name, precision, len) in cases {
+        let tokens = random_tokens(len, 7);
+        for scan in [Scan::TwoPass, Scan::OnePass] {
+            let backend = Cuda::with_options(model.clone(), 0, cuda::DEFAULT_CHUNK, precision).unwrap().with_scan(scan);
+            let mut e = Engine::new(backend, model.config.clone());
+            e.run(&tokens).unwrap();
+            e.backend().synchronize().unwrap();
+            let mut times = Vec::new();
+            for _ in 0..5 {
+                let t0 = Instant::now();
+                e.run(&tokens).unwrap();
+                e.backend().synchronize().unwrap();
+                times.push(t0.elapsed().as_secs_f64());
+            }
+            times.sort_by(f64::total_cmp);
+            let med = times[times.len() / 2];
+            let (free, total) = e.backend().mem_get_info().unwrap();
+            println!("| {name} | {precision:?} | {len} | {scan:?} | {med:.4} | {:.3e} | {} |", len as f64 / med, (total - free) >> 20);
+        }
+    }
+}
+
 /// The bench model against the CPU engine at 131,072 bases (about a minute of CPU time on
 /// 16 cores).
 #[test]
@@ -549,7 +748,11 @@ fn profile_one_layer() {
         Ok("bf16") => Precision::Bf16,
         _ => Precision::F32,
     };
-    let model = random_model(Kind::Ph, 256, 1, true, 43);
+    // DNA_MAMBA_PROFILE_DECAY=fast: every channel's state forgets within a few steps
+    let decay = if std::env::var("DNA_MAMBA_PROFILE_DECAY").as_deref() == Ok("fast") { Decay::Fast } else { Decay::Init };
+    let dir = tempfile::tempdir().unwrap();
+    write_model_full(dir.path(), Kind::Ph, 256, 1, true, 43, 16, 4, decay);
+    let model = Arc::new(Model::load(dir.path()).unwrap());
     let mut e = gpu_engine(&model, cuda::DEFAULT_CHUNK, precision);
     e.run(&random_tokens(131_072, 9)).unwrap();
     e.backend().synchronize().unwrap();

@@ -8,7 +8,8 @@
 //! end), and a channel flip is absorbed into column-reversed `in_proj` / row-reversed
 //! `out_proj` copies of the weights. So no flipped or gathered copy of a stream is ever made, and `out_proj`
 //! accumulates straight into the residual (beta = 1). The wide intermediates exist per
-//! chunk only; the scan runs in parallel over time segments (see kernels/scan.cu).
+//! chunk only; the scan runs in parallel over time segments (see kernels/scan.cu: two-pass
+//! by default, one-pass with `DNA_MAMBA_SCAN=one-pass`; `Scan`).
 //!
 //! bf16 operands are made where their producer writes anyway: the conv writes a bf16 copy
 //! of its output for x_proj and the scan writes its gated output only as bf16 for out_proj;
@@ -162,6 +163,69 @@ struct Records {
     len: usize,
 }
 
+/// Which selective-scan kernels run (see kernels/scan.cu); `DNA_MAMBA_SCAN=one-pass|two-pass`.
+/// Both compute the same recurrence to f32 rounding and pass the same tests; they differ in
+/// speed only. The default stays the two-pass scan: on an H200 the one-pass scan was 5-10%
+/// slower end to end on the 131k shape with its initialised decays and within +3% / -8% with
+/// fast decays (BENCHMARKS.md, "GPU engine v2, stage 1").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scan {
+    /// scan_fused, then (several segments) scan_combine and scan_fix.
+    OnePass,
+    /// scan_ends, scan_combine, scan_output.
+    TwoPass,
+}
+
+impl Scan {
+    fn from_env() -> Result<Scan> {
+        match std::env::var("DNA_MAMBA_SCAN").as_deref() {
+            Err(_) | Ok("") | Ok("two-pass") => Ok(Scan::TwoPass),
+            Ok("one-pass") => Ok(Scan::OnePass),
+            Ok(other) => anyhow::bail!("DNA_MAMBA_SCAN={other}: expected one-pass or two-pass"),
+        }
+    }
+}
+
+/// The scalar arguments of one chunk's scan launches.
+struct ScanIo<'a> {
+    t32: i32,
+    di32: i32,
+    nx32: i32,
+    rk32: i32,
+    seg32: i32,
+    nseg32: i32,
+    rev32: i32,
+    rec: &'a CudaSlice<i32>,
+    r0_64: i64,
+    len64: i64,
+    packed: i32,
+    half32: i32,
+    acc_mode: i32,
+}
+
+/// The buffers one chunk's scan reads and writes. `y_h` / `y_acc`: the shared layer's
+/// full-context outputs from the chunk's first row (None: the scratch `xc_h` / none).
+struct ScanBufs<'a, 'b> {
+    x: &'a mut CudaSlice<f32>,
+    delta: &'a mut CudaSlice<f32>,
+    dbc: &'a CudaSlice<f32>,
+    xz: &'a CudaView<'b, f32>,
+    h: &'a mut CudaSlice<f32>,
+    dsum: &'a mut CudaSlice<f32>,
+    ssm: &'a mut CudaSlice<f32>,
+    xc_h: &'a mut CudaSlice<u16>,
+    y_h: Option<&'a mut CudaViewMut<'b, u16>>,
+    y_acc: Option<&'a mut CudaViewMut<'b, f32>>,
+}
+
+/// Launch shapes: `seg(row_floats, rows)` for `rows` segments with `row_floats` floats of
+/// shared memory per step, `cells` for scan_combine.
+struct ScanGrids<F: Fn(usize, usize) -> LaunchConfig> {
+    seg: F,
+    cells: LaunchConfig,
+    nseg: usize,
+}
+
 pub struct Cuda {
     model: Arc<Model>,
     ctx: Arc<CudaContext>,
@@ -172,6 +236,7 @@ pub struct Cuda {
     /// Chunk of shared layers (see SHARED_CHUNK).
     shared_chunk: usize,
     precision: Precision,
+    scan: Scan,
     /// cuBLAS refused FAST_16BF for dt_proj once: it runs in f32 from then on.
     no_fast_bf16: AtomicBool,
     sms: usize,
@@ -218,6 +283,16 @@ impl Cuda {
 
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// Selects the scan kernels (tests compare both; the default is `DNA_MAMBA_SCAN` or one-pass).
+    pub fn with_scan(mut self, scan: Scan) -> Self {
+        self.scan = scan;
+        self
+    }
+
+    pub fn scan(&self) -> Scan {
+        self.scan
     }
 
     fn init(model: Arc<Model>, ordinal: usize, chunk: usize, precision: Precision) -> Result<Self> {
@@ -294,6 +369,7 @@ impl Cuda {
             chunk,
             shared_chunk: if chunk == DEFAULT_CHUNK { SHARED_CHUNK } else { chunk },
             precision,
+            scan: Scan::from_env()?,
             no_fast_bf16: AtomicBool::new(false),
             sms,
             label,
@@ -536,7 +612,9 @@ impl Cuda {
 
     /// Segment length for a chunk of `t` steps: enough (segment, channel) threads to fill
     /// the GPU about twice over, no shorter than MIN_SEGMENT, and short enough for the
-    /// segment's B and C rows to fit in shared memory.
+    /// segment's B and C rows to fit in shared memory. The same for both scans.
+    /// (One-pass segments sized for 512 threads per SM, for less to correct, made scan_fused
+    /// 1.7x slower on an H200: the scan needs the occupancy.)
     fn segment_len(&self, t: usize) -> usize {
         let cfg = &self.model.config;
         let want_segments = (self.sms * 2048).div_ceil(cfg.d_inner()).max(1);
@@ -550,6 +628,112 @@ impl Cuda {
 
     fn shortest_segment(&self) -> usize {
         MIN_SEGMENT.min(self.longest_segment())
+    }
+
+    /// The one-pass scan of one chunk: scan_fused; with several segments also scan_combine
+    /// (from zero: segment 0 started from the carried state) and scan_fix.
+    fn scan_one_pass<F: Fn(usize, usize) -> LaunchConfig>(&self, m: &DevMamba, bufs: ScanBufs<'_, '_>, io: &ScanIo<'_>, g: &ScanGrids<F>) -> Result<()> {
+        let n = self.model.config.d_state;
+        let ScanBufs { x, delta, dbc, xz, h, dsum, ssm, xc_h, mut y_h, mut y_acc } = bufs;
+        let mut b = self.stream.launch_builder(&self.k.scan_fused);
+        b.arg(&mut *x).arg(&mut *delta).arg(dbc).arg(xz).arg(&m.a2).arg(&m.dt_b).arg(&m.d);
+        b.arg(&mut *ssm).arg(&mut *h).arg(&mut *dsum);
+        b.arg(&io.t32).arg(&io.di32).arg(&io.nx32).arg(&io.rk32).arg(&io.seg32).arg(&io.nseg32).arg(&io.rev32);
+        b.arg(io.rec).arg(&io.r0_64).arg(&io.len64).arg(&io.packed);
+        match y_h.as_mut() {
+            Some(v) => b.arg(&mut **v),
+            None => b.arg(&mut *xc_h),
+        };
+        b.arg(&io.half32);
+        match y_acc.as_mut() {
+            Some(v) => b.arg(&mut **v),
+            None => b.arg(&self.no_acc),
+        };
+        b.arg(&io.acc_mode);
+        // SAFETY: nseg·seg covers the t rows of the t-row intermediates (x, delta, dbc, xz,
+        // and the shared outputs from the chunk's row on); h and dsum hold ceil(rows / shortest
+        // segment) >= nseg segments; the carried state is di·n; shared memory holds seg rows of
+        // B and C and seg flags; in bf16 mode the output goes to xc_h (t rows of di, no longer
+        // read by x_proj, which ran before on this stream) or the shared y_h; acc_mode 0 never
+        // touches no_acc.
+        unsafe { b.launch((g.seg)(2 * n, g.nseg)) }?;
+        if g.nseg == 1 {
+            return Ok(());
+        }
+        let carry_in = 0i32;
+        let mut b = self.stream.launch_builder(&self.k.scan_combine);
+        b.arg(&mut *h).arg(&*dsum).arg(&m.a2).arg(&mut *ssm).arg(&io.nseg32).arg(&io.di32).arg(&carry_in);
+        // SAFETY: 32 state cells per block (the kernel masks cells >= di·n), walking the nseg
+        // segments of h and dsum written above.
+        unsafe { b.launch(g.cells) }?;
+        let mut b = self.stream.launch_builder(&self.k.scan_fix);
+        b.arg(&mut *x).arg(&*delta).arg(dbc).arg(xz).arg(&m.a2).arg(&*h);
+        b.arg(&io.t32).arg(&io.di32).arg(&io.nx32).arg(&io.rk32).arg(&io.seg32).arg(&io.rev32);
+        b.arg(io.rec).arg(&io.r0_64).arg(&io.len64).arg(&io.packed);
+        match y_h.as_mut() {
+            Some(v) => b.arg(&mut **v),
+            None => b.arg(&mut *xc_h),
+        };
+        b.arg(&io.half32);
+        match y_acc.as_mut() {
+            Some(v) => b.arg(&mut **v),
+            None => b.arg(&self.no_acc),
+        };
+        b.arg(&io.acc_mode);
+        // SAFETY: as for scan_fused, over segments 1..nseg, with seg rows of C and seg flags
+        // in shared memory; h holds the start states scan_combine wrote.
+        unsafe { b.launch((g.seg)(n, g.nseg - 1)) }?;
+        Ok(())
+    }
+
+    /// The previous two-pass scan of one chunk (`Scan::TwoPass`).
+    fn scan_two_pass<F: Fn(usize, usize) -> LaunchConfig>(&self, m: &DevMamba, bufs: ScanBufs<'_, '_>, io: &ScanIo<'_>, g: &ScanGrids<F>) -> Result<()> {
+        let n = self.model.config.d_state;
+        let ScanBufs { x, delta, dbc, xz, h, dsum, ssm, xc_h, mut y_h, mut y_acc } = bufs;
+        let single = g.nseg == 1;
+        if !single {
+            let mut b = self.stream.launch_builder(&self.k.scan_ends);
+            b.arg(&*x).arg(&mut *delta).arg(dbc).arg(&m.a2).arg(&m.dt_b).arg(&mut *h).arg(&mut *dsum);
+            b.arg(&io.t32).arg(&io.di32).arg(&io.nx32).arg(&io.rk32).arg(&io.seg32).arg(&io.rev32);
+            b.arg(io.rec).arg(&io.r0_64).arg(&io.len64).arg(&io.packed);
+            // SAFETY: nseg·seg covers t rows of the t-row intermediates; h and dsum hold
+            // ceil(rows / shortest segment) >= nseg segments; shared memory holds seg rows
+            // of B and seg flags.
+            unsafe { b.launch((g.seg)(n, g.nseg)) }?;
+            let carry_in = 1i32;
+            let mut b = self.stream.launch_builder(&self.k.scan_combine);
+            b.arg(&mut *h).arg(&*dsum).arg(&m.a2).arg(&mut *ssm).arg(&io.nseg32).arg(&io.di32).arg(&carry_in);
+            // SAFETY: 32 state cells per block (the kernel masks cells >= di·n), walking
+            // the nseg segments of h and dsum written above.
+            unsafe { b.launch(g.cells) }?;
+        }
+        let (delta_ready, write_back) = (!single as i32, single as i32);
+        let mut b = self.stream.launch_builder(&self.k.scan_output);
+        b.arg(&mut *x).arg(&*delta).arg(dbc).arg(xz).arg(&m.a2).arg(&m.dt_b).arg(&m.d);
+        if single {
+            b.arg(&mut *ssm);
+        } else {
+            b.arg(&mut *h);
+        }
+        b.arg(&io.t32).arg(&io.di32).arg(&io.nx32).arg(&io.rk32).arg(&io.seg32).arg(&io.rev32).arg(&delta_ready).arg(&write_back);
+        b.arg(io.rec).arg(&io.r0_64).arg(&io.len64).arg(&io.packed);
+        match y_h.as_mut() {
+            Some(v) => b.arg(&mut **v),
+            None => b.arg(&mut *xc_h),
+        };
+        b.arg(&io.half32);
+        match y_acc.as_mut() {
+            Some(v) => b.arg(&mut **v),
+            None => b.arg(&self.no_acc),
+        };
+        b.arg(&io.acc_mode);
+        // SAFETY: as for scan_ends, with seg rows of B and C in shared memory; with one
+        // segment the start state is the di·n carried state; in bf16 mode the output goes
+        // to xc_h (t rows of di, no longer read by x_proj, which ran before on this stream)
+        // or, shared, to the full-context y_h; the shared y holds the len rows of di from
+        // row r0 on (acc_mode 0 never touches no_acc).
+        unsafe { b.launch((g.seg)(2 * n, g.nseg)) }?;
+        Ok(())
     }
 
     fn dev_mamba(&self, layer: usize, dir: Dir) -> Result<&DevMamba> {
@@ -678,34 +862,6 @@ impl Cuda {
             ensure!(nseg <= 65535, "scan: too many segments");
             let (seg32, nseg32) = (seg as i32, nseg as i32);
             let threads = di.next_multiple_of(32).min(128) as u32;
-            let seg_grid = |row_floats: usize| LaunchConfig {
-                grid_dim: (di.div_ceil(threads as usize) as u32, nseg as u32, 1),
-                block_dim: (threads, 1, 1),
-                // the rows plus one reset flag per step
-                shared_mem_bytes: (seg * (row_floats + 1) * 4) as u32,
-            };
-            let single = nseg == 1;
-            if !single {
-                let mut b = self.stream.launch_builder(&self.k.scan_ends);
-                b.arg(&s.xc).arg(&mut s.delta).arg(&s.dbc).arg(&m.a2).arg(&m.dt_b).arg(&mut s.h).arg(&mut s.dsum);
-                b.arg(&t32).arg(&di32).arg(&nx32).arg(&rk32).arg(&seg32).arg(&rev32);
-                b.arg(rec).arg(&r0_64).arg(&len64).arg(&packed);
-                // SAFETY: nseg·seg covers t rows of the t-row intermediates; h and dsum hold
-                // ceil(rows / shortest segment) >= nseg segments; shared memory holds seg rows
-                // of B and seg flags.
-                unsafe { b.launch(seg_grid(n)) }?;
-                let mut b = self.stream.launch_builder(&self.k.scan_combine);
-                b.arg(&mut s.h).arg(&s.dsum).arg(&m.a2).arg(&mut s.ssm).arg(&nseg32).arg(&di32);
-                let cells = LaunchConfig {
-                    grid_dim: ((di * n).div_ceil(32) as u32, 1, 1),
-                    block_dim: (32, COMBINE_GROUPS, 1),
-                    shared_mem_bytes: 0,
-                };
-                // SAFETY: 32 state cells per block (the kernel masks cells >= di·n), walking
-                // the nseg segments of h and dsum written above.
-                unsafe { b.launch(cells) }?;
-            }
-            let (delta_ready, write_back) = (!single as i32, single as i32);
             let acc_mode: i32 = match &shared {
                 None => 0,
                 Some(p) if p.first => 1,
@@ -715,31 +871,37 @@ impl Cuda {
                 Some(p) => (Some(p.y.slice_mut(r0 * di..)), (half && !p.first).then(|| p.y_h.slice_mut(r0 * di..))),
                 None => (None, None),
             };
-            let mut b = self.stream.launch_builder(&self.k.scan_output);
-            b.arg(&mut s.xc).arg(&s.delta).arg(&s.dbc).arg(&xz).arg(&m.a2).arg(&m.dt_b).arg(&m.d);
-            if single {
-                b.arg(&mut s.ssm);
-            } else {
-                b.arg(&mut s.h);
+            let io = ScanIo { t32, di32, nx32, rk32, seg32, nseg32, rev32, rec, r0_64, len64, packed, half32, acc_mode };
+            let bufs = ScanBufs {
+                x: &mut s.xc,
+                delta: &mut s.delta,
+                dbc: &s.dbc,
+                xz: &xz,
+                h: &mut s.h,
+                dsum: &mut s.dsum,
+                ssm: &mut s.ssm,
+                xc_h: &mut s.xc_h,
+                y_h: y_h.as_mut(),
+                y_acc: y_acc.as_mut(),
+            };
+            let grids = ScanGrids {
+                seg: |row_floats: usize, rows: usize| LaunchConfig {
+                    grid_dim: (di.div_ceil(threads as usize) as u32, rows as u32, 1),
+                    block_dim: (threads, 1, 1),
+                    // the rows plus one reset flag per step
+                    shared_mem_bytes: (seg * (row_floats + 1) * 4) as u32,
+                },
+                cells: LaunchConfig {
+                    grid_dim: ((di * n).div_ceil(32) as u32, 1, 1),
+                    block_dim: (32, COMBINE_GROUPS, 1),
+                    shared_mem_bytes: 0,
+                },
+                nseg,
+            };
+            match self.scan {
+                Scan::OnePass => self.scan_one_pass(m, bufs, &io, &grids)?,
+                Scan::TwoPass => self.scan_two_pass(m, bufs, &io, &grids)?,
             }
-            b.arg(&t32).arg(&di32).arg(&nx32).arg(&rk32).arg(&seg32).arg(&rev32).arg(&delta_ready).arg(&write_back);
-            b.arg(rec).arg(&r0_64).arg(&len64).arg(&packed);
-            match &mut y_h {
-                Some(v) => b.arg(v),
-                None => b.arg(&mut s.xc_h),
-            };
-            b.arg(&half32);
-            match &mut y_acc {
-                Some(v) => b.arg(v),
-                None => b.arg(&self.no_acc),
-            };
-            b.arg(&acc_mode);
-            // SAFETY: as for scan_ends, with seg rows of B and C in shared memory; with one
-            // segment the start state is the di·n carried state; in bf16 mode the output goes
-            // to xc_h (t rows of di, no longer read by x_proj, which ran before on this stream)
-            // or, shared, to the full-context y_h; the shared y holds the len rows of di from
-            // row r0 on (acc_mode 0 never touches no_acc).
-            unsafe { b.launch(seg_grid(2 * n)) }?;
             drop((y_acc, y_h));
 
             // acc += y · W_outᵀ, accumulated in place into the residual's column block
