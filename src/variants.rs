@@ -8,6 +8,12 @@
 //!   `score_context` bases centred on it (one window per variant).
 //! - `cos`, `l2`: distance between the mean strand-averaged hidden states of the reference and
 //!   alternate windows over the `embed_window` bases centred on the variant.
+//! - `plantcad`: PlantCaduceus's zero-shot score (its `zero_shot_score.py`): the 512 bases
+//!   from p-255 to p+256 around the 0-based position p, N where that runs past the sequence,
+//!   the variant base replaced by [MASK], the forward strand only, and log(p_alt / p_ref) from
+//!   the softmax over the A/C/G/T logits at the masked position. Unlike `mllr` the window is
+//!   fixed and asymmetric and the strands are not averaged (for a PS model the one pass already
+//!   reads both strands), so a variant written on the other strand can score differently.
 
 use std::collections::HashMap;
 
@@ -15,10 +21,10 @@ use anyhow::Result;
 
 use crate::backend::Backend;
 use crate::embed::{Embedder, Feature, LogProbJoin, Sink, Strand};
-use crate::tokenizer::{self, ACGT};
 
-/// [MASK] in the Caduceus vocabulary; its own complement.
-pub const MASK: u8 = 3;
+/// The PlantCaduceus window: 512 bases with the variant at index 255.
+pub const PLANTCAD_WINDOW: usize = 512;
+pub const PLANTCAD_CENTER: usize = 255;
 
 /// Column of a base in the A, C, G, T log-probability rows.
 pub fn base_index(b: u8) -> Option<usize> {
@@ -80,18 +86,55 @@ impl<B: Backend> Scorer<B> {
         (pos.saturating_sub(h), (pos + h + 1).min(len))
     }
 
+    /// Reference bases as the model's token ids.
+    pub fn tokens(&self, seq: &[u8]) -> Vec<u8> {
+        let mut t = Vec::new();
+        self.emb.model().vocab.encode_into(seq, &mut t);
+        t
+    }
+
+    /// The PlantCaduceus window around 0-based `pos` of a sequence of `len` bases: the bases
+    /// of `fetch(lo, hi)` placed at their offsets, N (its token) elsewhere.
+    pub fn plantcad_window(&self, pos: usize, len: usize, fetch: &mut dyn FnMut(usize, usize) -> Result<Vec<u8>>) -> Result<Vec<u8>> {
+        let first = pos as i64 - PLANTCAD_CENTER as i64;
+        let lo = first.max(0) as usize;
+        let hi = ((first + PLANTCAD_WINDOW as i64) as usize).min(len);
+        let n = self.emb.model().vocab.id(b'N');
+        let mut t = vec![n; PLANTCAD_WINDOW];
+        let inside = self.tokens(&fetch(lo, hi)?);
+        let at = (lo as i64 - first) as usize;
+        t[at..at + inside.len()].copy_from_slice(&inside);
+        Ok(t)
+    }
+
+    fn mask(&self) -> Result<u8> {
+        let v = &self.emb.model().vocab;
+        v.mask.ok_or_else(|| anyhow::anyhow!("the model's vocabulary ({}) has no [MASK] token: masked scores need one", v.source))
+    }
+
     /// Masked LLR for each alt of each window: the reference window with its centre replaced
     /// by [MASK], all windows of the batch run together (packed where the backend packs).
     pub fn masked_llr(&mut self, windows: &[Window]) -> Result<Vec<Vec<f32>>> {
+        self.masked_scores(windows, Strand::Both)
+    }
+
+    /// The PlantCaduceus score of each alt of each `plantcad_window`: as `masked_llr` on the
+    /// forward strand alone.
+    pub fn plantcad(&mut self, windows: &[Window]) -> Result<Vec<Vec<f32>>> {
+        self.masked_scores(windows, Strand::Fwd)
+    }
+
+    fn masked_scores(&mut self, windows: &[Window], strand: Strand) -> Result<Vec<Vec<f32>>> {
+        let mask = self.mask()?;
         let masked: Vec<Vec<u8>> = windows
             .iter()
             .map(|w| {
                 let mut t = w.tokens.clone();
-                t[w.center] = MASK;
+                t[w.center] = mask;
                 t
             })
             .collect();
-        self.emb.set_output(Strand::Both, Feature::Logits)?;
+        self.emb.set_output(strand, Feature::Logits)?;
         self.fit_context(windows);
         let refs: Vec<&[u8]> = masked.iter().map(|t| t.as_slice()).collect();
         let centers: Vec<usize> = windows.iter().map(|w| w.center).collect();
@@ -116,6 +159,7 @@ impl<B: Backend> Scorer<B> {
             })
         };
         let h = self.embed_window / 2;
+        let acgt = self.emb.model().vocab.acgt;
         let mut slots: Vec<(usize, Vec<usize>)> = Vec::with_capacity(windows.len());
         for w in windows {
             let range = (w.center.saturating_sub(h), (w.center + h + 1).min(w.tokens.len()));
@@ -125,7 +169,7 @@ impl<B: Backend> Scorer<B> {
                 .iter()
                 .map(|&a| {
                     let mut t = w.tokens.clone();
-                    t[w.center] = ACGT[a];
+                    t[w.center] = acgt[a];
                     slot(t, range, &mut seqs, &mut ranges)
                 })
                 .collect();
@@ -177,13 +221,6 @@ pub struct Window {
     /// A,C,G,T column of the reference base and of each alternate base
     pub ref_col: usize,
     pub alt_cols: Vec<usize>,
-}
-
-/// Tokenize reference bases for scoring.
-pub fn tokens(seq: &[u8]) -> Vec<u8> {
-    let mut t = Vec::new();
-    tokenizer::encode_into(seq, &mut t);
-    t
 }
 
 /// Why an allele (or a whole record) is not scored: a short code for the VCF INFO field (INFO

@@ -213,3 +213,37 @@ fn foreign_tokenizer_refused() {
     std::fs::copy(fixtures().join("plantcad/tokenizer.json"), tmp.path().join("tokenizer.json")).unwrap();
     assert_clean_failure(&run(&["info", "--model", tmp.path().to_str().unwrap()]), "foreign tokenizer", "do not belong together");
 }
+
+/// `score-variants --scores plantcad` matches the float64 reference's PlantCaduceus zero-shot
+/// score for every variant, the ones whose window runs past either end of the sequence
+/// included, from the safetensors and the torch.save files.
+#[test]
+fn plantcad_zero_shot_scores_match_the_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = std::fs::read_to_string(fixtures().join("plantcad/inputs.fa")).unwrap();
+    let chr1 = inputs.split('>').find(|r| r.starts_with("chr1\n")).unwrap();
+    let seq = chr1.lines().nth(1).unwrap();
+    let fa = tmp.path().join("chr1.fa");
+    let wrapped: Vec<&str> = seq.as_bytes().chunks(60).map(|c| std::str::from_utf8(c).unwrap()).collect();
+    std::fs::write(&fa, format!(">chr1\n{}\n", wrapped.join("\n"))).unwrap();
+    ok(&["faidx", fa.to_str().unwrap()]);
+    let variants = std::fs::read_to_string(fixtures().join("plantcad/variants.tsv")).unwrap();
+    let mut vcf = String::from("##fileformat=VCFv4.2\n##contig=<ID=chr1,length=700>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n");
+    for l in variants.lines().skip(1) {
+        let f: Vec<&str> = l.split('\t').collect();
+        vcf.push_str(&format!("chr1\t{}\t.\t{}\t{}\t.\t.\t.\n", f[0], f[1], f[2]));
+    }
+    let vcf_path = tmp.path().join("v.vcf");
+    std::fs::write(&vcf_path, vcf).unwrap();
+    let (_, want) = expected("plantcad", "chr1.plantcad");
+    for dir in ["plantcad", "torch/plantcad/single"] {
+        let out = ok(&["score-variants", "--vcf", vcf_path.to_str().unwrap(), "--fasta", fa.to_str().unwrap(), "--model", &fixture(dir), "--scores", "plantcad", "--format", "tsv", "-q"]);
+        let header: Vec<&str> = out.lines().next().unwrap().split('\t').collect();
+        let col = header.iter().position(|h| *h == "plantcad").unwrap();
+        let got: Vec<f32> = out.lines().skip(1).map(|l| l.split('\t').nth(col).unwrap().parse().unwrap()).collect();
+        assert_eq!(got.len(), want.len());
+        let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1e-4, "{dir}: plantcad scores off by {worst:.2e}: {got:?} vs {want:?}");
+        eprintln!("{dir}: {} PlantCaduceus scores within {worst:.1e} of the float64 reference", got.len());
+    }
+}

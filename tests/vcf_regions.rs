@@ -158,7 +158,7 @@ fn the_snv_allele_of_a_star_record_is_scored_and_alt_equal_to_ref_is_skipped() {
     assert_eq!(rows[0][..6], ["c", "100", "rs7", &r.to_string(), &a.to_string(), "scored"]);
     assert!(rows[0][6..10].iter().all(|v| v.parse::<f32>().is_ok()), "{:?}", rows[0]);
     assert_eq!(rows[1][4..7], ["*", "STAR_ALLELE", "NA"]);
-    assert_eq!((rows[2][5].as_str(), rows[2][6].as_str(), rows[2][10].as_str()), ("ALT_EQUALS_REF", "NA", "ALT equals REF"));
+    assert_eq!((rows[2][5].as_str(), rows[2][6].as_str(), rows[2][11].as_str()), ("ALT_EQUALS_REF", "NA", "ALT equals REF"));
     // the VCF: scores for the SNV allele, '.' for the star; readable codes per allele
     let o = score(&fa, &vcf, &[], None);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -183,7 +183,7 @@ fn skip_reasons_in_info_are_short_readable_codes() {
     // the readable reason is on stderr and in the TSV
     assert!(stderr(&o).contains(&format!("REF {wrong} disagrees with the FASTA")), "{}", stderr(&o));
     let rows = tsv_rows(&score(&fa, &vcf, &["--format", "tsv"], None));
-    assert!(rows[0][10].contains("disagrees with the FASTA") && rows[1][10] == "not an SNV (ALT AT)", "{rows:?}");
+    assert!(rows[0][11].contains("disagrees with the FASTA") && rows[1][11] == "not an SNV (ALT AT)", "{rows:?}");
 }
 
 #[test]

@@ -22,13 +22,13 @@ use crate::io::regions::IndexedFasta;
 use crate::io::vcf::{Bad, VcfReader};
 use crate::model::Model;
 use crate::tiling::{self, Tile};
-use crate::variants::{base_index, classify_alleles, tokens, Scorer, Skip, Window, SKIP_CODES};
+use crate::variants::{base_index, classify_alleles, Scorer, Skip, Window, PLANTCAD_CENTER, SKIP_CODES};
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VariantFormat {
     /// The input VCF with DNAM_* INFO fields added.
     Vcf,
-    /// chrom,pos,id,ref,alt,status,llr,mllr,cos,l2,reason (one row per alternate allele).
+    /// chrom,pos,id,ref,alt,status,llr,mllr,cos,l2,plantcad,reason (one row per alternate allele).
     Tsv,
 }
 
@@ -40,6 +40,9 @@ pub enum Score {
     Mllr,
     /// Cosine similarity and L2 distance of mean embeddings around the variant.
     Emb,
+    /// PlantCaduceus's zero-shot score: 512-base window, variant masked at index 255, forward
+    /// strand, log(p_alt / p_ref).
+    Plantcad,
 }
 
 #[derive(Args, Debug)]
@@ -138,11 +141,12 @@ fn score_on<B: Backend>(backend: B, model: Arc<Model>, a: &ScoreArgs) -> Result<
     let vcf_name = vr.name().to_string();
     let mut header = vr.header().clone();
     let skip_desc = skip_description();
-    let infos: [(&str, Number, Type, &str); 5] = [
+    let infos: [(&str, Number, Type, &str); 6] = [
         ("DNAM_LLR", Number::AlternateBases, Type::Float, "dna-mamba: unmasked log P(alt) - log P(ref), strand-averaged"),
         ("DNAM_MLLR", Number::AlternateBases, Type::Float, "dna-mamba: masked-position log P(alt) - log P(ref), strand-averaged"),
         ("DNAM_COS", Number::AlternateBases, Type::Float, "dna-mamba: cosine similarity of mean strand-averaged embeddings, ref vs alt window"),
         ("DNAM_L2", Number::AlternateBases, Type::Float, "dna-mamba: L2 distance of mean strand-averaged embeddings, ref vs alt window"),
+        ("DNAM_PLANTCAD", Number::AlternateBases, Type::Float, "dna-mamba: PlantCaduceus zero-shot score, log(p_alt/p_ref) at the masked variant of a 512-base window (index 255), forward strand"),
         ("DNAM_SKIP", Number::Unknown, Type::String, &skip_desc),
     ];
     for (id, number, ty, desc) in infos {
@@ -154,7 +158,7 @@ fn score_on<B: Backend>(backend: B, model: Arc<Model>, a: &ScoreArgs) -> Result<
         VariantFormat::Vcf => {
             vw.write_header(&header)?;
         }
-        VariantFormat::Tsv => writeln!(out, "chrom\tpos\tid\tref\talt\tstatus\tllr\tmllr\tcos\tl2\treason")?,
+        VariantFormat::Tsv => writeln!(out, "chrom\tpos\tid\tref\talt\tstatus\tllr\tmllr\tcos\tl2\tplantcad\treason")?,
     }
     out.write_all(vw.get_ref())?;
     vw.get_mut().clear();
@@ -169,10 +173,11 @@ fn score_on<B: Backend>(backend: B, model: Arc<Model>, a: &ScoreArgs) -> Result<
             None => (true, None),
             Some(Ok(rec)) => {
                 n.records += 1;
-                let mut p = Pending { line: rec.line, record: rec.record, outcome: Err(Skip::NoAlt), window: None, scored: vec![] };
+                let mut p = Pending { line: rec.line, record: rec.record, outcome: Err(Skip::NoAlt), window: None, plantcad: None, scored: vec![] };
                 p.outcome = prepare(&mut p, &mut reference, &mut scorer, &mut cache, a)?;
                 // window bases the batch will run: the reference window (masked) and one per allele
                 batch_bases += p.window.as_ref().map_or(0, |w| w.tokens.len() * (2 + w.alt_cols.len()));
+                batch_bases += p.plantcad.as_ref().map_or(0, |w| w.tokens.len());
                 batch.push(p);
                 (false, None)
             }
@@ -185,6 +190,7 @@ fn score_on<B: Backend>(backend: B, model: Arc<Model>, a: &ScoreArgs) -> Result<
         };
         if batch.len() >= BATCH || batch_bases >= BATCH_BASES || (eof && !batch.is_empty()) {
             score_windows(&mut batch, &mut scorer, want(Score::Mllr), want(Score::Emb))?;
+            score_plantcad(&mut batch, &mut scorer)?;
             for p in batch.drain(..) {
                 match &p.outcome {
                     Ok(alleles) => {
@@ -223,8 +229,9 @@ fn score_on<B: Backend>(backend: B, model: Arc<Model>, a: &ScoreArgs) -> Result<
 const BATCH: usize = 1024;
 const BATCH_BASES: usize = 4 << 20;
 
-/// Scores of one alternate allele: llr, mllr, cos, l2 (those asked for).
-type Scores = [Option<f32>; 4];
+/// Scores of one alternate allele: llr, mllr, cos, l2, plantcad (those asked for).
+type Scores = [Option<f32>; 5];
+const SCORE_KEYS: [&str; 5] = ["DNAM_LLR", "DNAM_MLLR", "DNAM_COS", "DNAM_L2", "DNAM_PLANTCAD"];
 
 /// One VCF record on its way through: per alternate allele its scores so far or why it is
 /// not scored (`Err`: nothing of the record is scored), and the window the per-variant scores
@@ -234,6 +241,8 @@ struct Pending {
     record: vcf::variant::RecordBuf,
     outcome: std::result::Result<Vec<std::result::Result<Scores, Skip>>, Skip>,
     window: Option<Window>,
+    /// The PlantCaduceus window, for the same alleles.
+    plantcad: Option<Window>,
     /// ALT indices of `window.alt_cols`
     scored: Vec<usize>,
 }
@@ -259,7 +268,7 @@ fn prepare<B: Backend>(
     };
     p.scored = (0..cols.len()).filter(|&i| cols[i].is_ok()).collect();
     if p.scored.is_empty() {
-        return Ok(Ok(cols.into_iter().map(|c| c.map(|_| [None; 4])).collect()));
+        return Ok(Ok(cols.into_iter().map(|c| c.map(|_| [None; 5])).collect()));
     }
     let Some(len) = reference.length(&chrom) else { return Ok(Err(Skip::UnknownSequence { chrom, fasta: reference.name.clone() })) };
     if pos1 > len {
@@ -270,14 +279,14 @@ fn prepare<B: Backend>(
     if base_index(fasta_base) != Some(ref_col) {
         return Ok(Err(Skip::RefMismatch { vcf: ref_b.to_string(), fasta: fasta_base as char }));
     }
-    let mut scores: Vec<std::result::Result<Scores, Skip>> = cols.iter().map(|c| c.clone().map(|_| [None; 4])).collect();
+    let mut scores: Vec<std::result::Result<Scores, Skip>> = cols.iter().map(|c| c.clone().map(|_| [None; 5])).collect();
     let alt_cols: Vec<usize> = p.scored.iter().map(|&i| *cols[i].as_ref().expect("scored")).collect();
     if a.scores.contains(&Score::Llr) {
         let hit = cache.as_ref().is_some_and(|c| c.chrom == chrom && (c.tile.keep_start..c.tile.keep_end).contains(&p0));
         if !hit {
             let tiles = tiling::plan(len, a.context, a.context / 4);
             let tile = *tiles.iter().find(|t| (t.keep_start..t.keep_end).contains(&p0)).expect("tiles cover the sequence");
-            let lp = scorer.log_probs(&tokens(&reference.fetch(&chrom, tile.start, tile.end)?))?;
+            let lp = scorer.log_probs(&scorer.tokens(&reference.fetch(&chrom, tile.start, tile.end)?))?;
             *cache = Some(TileCache { chrom: chrom.clone(), tile, lp });
         }
         let c = cache.as_ref().expect("filled above");
@@ -288,9 +297,30 @@ fn prepare<B: Backend>(
     }
     if a.scores.contains(&Score::Mllr) || a.scores.contains(&Score::Emb) {
         let (lo, hi) = scorer.window(p0, len);
-        p.window = Some(Window { tokens: tokens(&reference.fetch(&chrom, lo, hi)?), center: p0 - lo, ref_col, alt_cols });
+        p.window = Some(Window { tokens: scorer.tokens(&reference.fetch(&chrom, lo, hi)?), center: p0 - lo, ref_col, alt_cols: alt_cols.clone() });
+    }
+    if a.scores.contains(&Score::Plantcad) {
+        let tokens = scorer.plantcad_window(p0, len, &mut |lo, hi| reference.fetch(&chrom, lo, hi))?;
+        p.plantcad = Some(Window { tokens, center: PLANTCAD_CENTER, ref_col, alt_cols });
     }
     Ok(Ok(scores))
+}
+
+/// Fill in the PlantCaduceus scores of a batch's scored records, all windows at once.
+fn score_plantcad<B: Backend>(batch: &mut [Pending], scorer: &mut Scorer<B>) -> Result<()> {
+    let idx: Vec<usize> = (0..batch.len()).filter(|&i| batch[i].outcome.is_ok() && batch[i].plantcad.is_some()).collect();
+    if idx.is_empty() {
+        return Ok(());
+    }
+    let windows: Vec<Window> = idx.iter().map(|&i| batch[i].plantcad.take().expect("filtered")).collect();
+    for (&i, v) in idx.iter().zip(scorer.plantcad(&windows)?) {
+        let p = &mut batch[i];
+        for (j, v) in v.into_iter().enumerate() {
+            let alt = p.scored[j];
+            p.outcome.as_mut().expect("filtered")[alt].as_mut().expect("scored")[4] = Some(v);
+        }
+    }
+    Ok(())
 }
 
 /// Fill in mllr and the embedding distances of a batch's scored records, all windows at once.
@@ -352,7 +382,7 @@ fn write_record(mut p: Pending, a: &ScoreArgs, header: &vcf::Header, vw: &mut vc
     match a.format {
         VariantFormat::Vcf => {
             let info = record.info_mut();
-            for (k, key) in ["DNAM_LLR", "DNAM_MLLR", "DNAM_COS", "DNAM_L2"].iter().enumerate() {
+            for (k, key) in SCORE_KEYS.iter().enumerate() {
                 let v: Vec<Option<f32>> = per_alt.iter().map(|x| x.ok().and_then(|s| s[k])).collect();
                 if !alts.is_empty() && v.iter().any(Option::is_some) {
                     info.insert(key.to_string(), Some(Value::Array(Array::Float(v))));
@@ -374,9 +404,9 @@ fn write_record(mut p: Pending, a: &ScoreArgs, header: &vcf::Header, vw: &mut vc
             for (alt, x) in row_alts.iter().zip(&per_alt) {
                 let (status, s, reason) = match x {
                     Ok(s) => ("scored", *s, ".".to_string()),
-                    Err(skip) => (skip.code(), [None; 4], skip.to_string()),
+                    Err(skip) => (skip.code(), [None; 5], skip.to_string()),
                 };
-                writeln!(out, "{chrom}\t{pos1}\t{id}\t{ref_b}\t{alt}\t{status}\t{}\t{}\t{}\t{}\t{reason}", f(s[0]), f(s[1]), f(s[2]), f(s[3]))?;
+                writeln!(out, "{chrom}\t{pos1}\t{id}\t{ref_b}\t{alt}\t{status}\t{}\t{}\t{}\t{}\t{}\t{reason}", f(s[0]), f(s[1]), f(s[2]), f(s[3]), f(s[4]))?;
             }
         }
     }
