@@ -452,7 +452,7 @@ fn read_features_are_means_of_position_rows() {
     for m in ["ph", "ps"] {
         let model = load(m);
         let seqs: Vec<Vec<u8>> = lens.iter().enumerate().map(|(i, &n)| random_dna(n, 70 + i as u64)).collect();
-        let toks: Vec<Vec<u8>> = seqs.iter().map(|s| dna_mamba::variants::tokens(s)).collect();
+        let toks: Vec<Vec<u8>> = seqs.iter().map(|s| tokens(s)).collect();
         for pooling in [Pooling::Mean, Pooling::Bins(3), Pooling::Bins(8)] {
             let (context, overlap) = (512, 128);
             let emb = Embedder::new(Cpu::new(model.clone()), model.clone(), Strand::Both, Feature::Hidden, context, overlap).unwrap();

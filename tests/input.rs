@@ -242,7 +242,9 @@ fn progress_shows_records_rate_and_share() {
     if let Ok(o) = o {
         let text = String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
         assert!(o.status.success(), "{text}");
-        assert!(text.contains("records, ") && text.contains("% of the input read"), "{text}");
+        // drawn at all (the share may not be known yet at a run's only tick on a loaded machine;
+        // the forced display above checks it)
+        assert!(text.contains("records, ") && text.contains("bases/s"), "{text}");
     }
 }
 

@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use common::*;
 use dna_mamba::backend::cpu::Cpu;
 use dna_mamba::embed::{Embedder, Feature, Strand};
-use dna_mamba::variants::{Scorer, Window, MASK};
+use dna_mamba::variants::{Scorer, Window};
 use serde_json::{json, Value};
 
 fn bin() -> Command {
@@ -369,7 +369,7 @@ fn score_variants_keeps_strand_averaged_log_ratios() {
     // the masked LLR is the mean of the two strands' log-ratios, not a log-ratio of the
     // strand-mean probabilities
     let model = load("ph");
-    let mut tokens = dna_mamba::variants::tokens(&random_dna(61, 21));
+    let mut tokens = tokens(&random_dna(61, 21));
     let (center, ref_col) = (30, 1);
     tokens[center] = dna_mamba::tokenizer::ACGT[ref_col];
     let w = Window { tokens: tokens.clone(), center, ref_col, alt_cols: vec![0, 2, 3] };
@@ -377,7 +377,7 @@ fn score_variants_keeps_strand_averaged_log_ratios() {
     let mut scorer = Scorer::new(emb, 61, 21);
     let got = scorer.masked_llr(std::slice::from_ref(&w)).unwrap();
     let mut masked = tokens.clone();
-    masked[center] = MASK;
+    masked[center] = mask_id();
     let per_strand = |strand: Strand| -> Vec<f32> {
         let mut e = Embedder::new(Cpu::new(model.clone()), model.clone(), strand, Feature::Logits, 4096, 0).unwrap();
         let mut c = Collect::new(masked.len(), 4, false);

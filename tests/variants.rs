@@ -128,7 +128,7 @@ fn a_change_the_model_is_sure_about_scores_strongly_negative() {
 fn batched_window_scores_match_each_window_alone() {
     use dna_mamba::backend::cpu::Cpu;
     use dna_mamba::embed::{Embedder, Feature, Strand};
-    use dna_mamba::variants::{Scorer, Window, MASK};
+    use dna_mamba::variants::{Scorer, Window};
 
     for m in ["ph", "ps"] {
         let model = load(m);
@@ -137,7 +137,7 @@ fn batched_window_scores_match_each_window_alone() {
             .into_iter()
             .enumerate()
             .map(|(i, (len, center, ref_col, alt_cols))| {
-                let mut tokens = dna_mamba::variants::tokens(&random_dna(len, 40 + i as u64));
+                let mut tokens = tokens(&random_dna(len, 40 + i as u64));
                 tokens[center] = dna_mamba::tokenizer::ACGT[ref_col];
                 Window { tokens, center, ref_col, alt_cols }
             })
@@ -155,7 +155,7 @@ fn batched_window_scores_match_each_window_alone() {
         for (k, w) in windows.iter().enumerate() {
             // masked: log-probs of the whole masked window, one record
             let mut t = w.tokens.clone();
-            t[w.center] = MASK;
+            t[w.center] = mask_id();
             let lp = scorer.log_probs(&t).unwrap();
             for (j, &a) in w.alt_cols.iter().enumerate() {
                 let want = lp[w.center * 4 + a] - lp[w.center * 4 + w.ref_col];

@@ -114,3 +114,15 @@ pub fn random_dna(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Bases as Caduceus token ids (the fixture models' vocabulary).
+pub fn tokens(seq: &[u8]) -> Vec<u8> {
+    let mut t = Vec::new();
+    dna_mamba::model::vocab::caduceus().encode_into(seq, &mut t);
+    t
+}
+
+/// [MASK] of the Caduceus vocabulary.
+pub fn mask_id() -> u8 {
+    dna_mamba::model::vocab::caduceus().mask.expect("Caduceus has [MASK]")
+}
