@@ -64,8 +64,8 @@ fn a_variant_and_its_reverse_complement_score_the_same() {
             // the scores are not all zero: a change at the variant matters
             assert!(a[6].parse::<f32>().unwrap().abs() > 1e-3);
         }
-        assert!(rows[14][10].contains("disagrees with the FASTA"), "{:?}", rows[14]);
-        assert!(rows[15][10].contains("not an SNV"), "{:?}", rows[15]);
+        assert!(rows[14][11].contains("disagrees with the FASTA"), "{:?}", rows[14]);
+        assert!(rows[15][11].contains("not an SNV"), "{:?}", rows[15]);
     }
 }
 

@@ -1,28 +1,24 @@
 //! `dna-mamba score-variants`: zero-shot scores for the SNVs of a VCF against an indexed FASTA,
 //! streamed in input order as VCF (INFO fields added) or TSV.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
 use noodles::vcf;
-use noodles::vcf::header::record::value::map::info::{Number, Type};
-use noodles::vcf::header::record::value::{map::Info, Map};
-use noodles::vcf::variant::io::Write as _;
-use noodles::vcf::variant::record_buf::info::field::{value::Array, Value};
 
 use super::{load_model, on_backend, Common, OnBackend};
 use crate::backend::Backend;
 use crate::embed::{Embedder, Feature, Strand};
+use crate::output::vcf::{Scores, VariantWriter};
 use crate::output::Output;
 use crate::io::regions::IndexedFasta;
 use crate::io::vcf::{Bad, VcfReader};
 use crate::model::Model;
 use crate::tiling::{self, Tile};
-use crate::variants::{base_index, classify_alleles, Scorer, Skip, Window, PLANTCAD_CENTER, SKIP_CODES};
+use crate::variants::{base_index, classify_alleles, Scorer, Skip, Window, PLANTCAD_CENTER};
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VariantFormat {
@@ -125,11 +121,6 @@ impl std::fmt::Display for Counts {
     }
 }
 
-fn skip_description() -> String {
-    let codes: Vec<String> = SKIP_CODES.iter().map(|(c, why)| format!("{c} = {why}")).collect();
-    format!("dna-mamba: why each ALT allele was not scored ('.' where it was): {}", codes.join("; "))
-}
-
 fn score_on<B: Backend>(backend: B, model: Arc<Model>, a: &ScoreArgs) -> Result<()> {
     let started = Instant::now();
     let mut reference = IndexedFasta::open(&a.fasta)?;
@@ -139,29 +130,8 @@ fn score_on<B: Backend>(backend: B, model: Arc<Model>, a: &ScoreArgs) -> Result<
 
     let mut vr = VcfReader::open(&a.vcf.to_string_lossy())?;
     let vcf_name = vr.name().to_string();
-    let mut header = vr.header().clone();
-    let skip_desc = skip_description();
-    let infos: [(&str, Number, Type, &str); 6] = [
-        ("DNAM_LLR", Number::AlternateBases, Type::Float, "dna-mamba: unmasked log P(alt) - log P(ref), strand-averaged"),
-        ("DNAM_MLLR", Number::AlternateBases, Type::Float, "dna-mamba: masked-position log P(alt) - log P(ref), strand-averaged"),
-        ("DNAM_COS", Number::AlternateBases, Type::Float, "dna-mamba: cosine similarity of mean strand-averaged embeddings, ref vs alt window"),
-        ("DNAM_L2", Number::AlternateBases, Type::Float, "dna-mamba: L2 distance of mean strand-averaged embeddings, ref vs alt window"),
-        ("DNAM_PLANTCAD", Number::AlternateBases, Type::Float, "dna-mamba: PlantCaduceus zero-shot score, log(p_alt/p_ref) at the masked variant of a 512-base window (index 255), forward strand"),
-        ("DNAM_SKIP", Number::Unknown, Type::String, &skip_desc),
-    ];
-    for (id, number, ty, desc) in infos {
-        header.infos_mut().insert(id.to_string(), Map::<Info>::new(number, ty, desc));
-    }
-    let mut out = Output::open(a.out.as_deref(), &[a.vcf.display().to_string(), a.fasta.display().to_string()])?;
-    let mut vw = vcf::io::Writer::new(Vec::new());
-    match a.format {
-        VariantFormat::Vcf => {
-            vw.write_header(&header)?;
-        }
-        VariantFormat::Tsv => writeln!(out, "chrom\tpos\tid\tref\talt\tstatus\tllr\tmllr\tcos\tl2\tplantcad\treason")?,
-    }
-    out.write_all(vw.get_ref())?;
-    vw.get_mut().clear();
+    let out = Output::open(a.out.as_deref(), &[a.vcf.display().to_string(), a.fasta.display().to_string()])?;
+    let mut out = VariantWriter::new(out, a.format == VariantFormat::Tsv, vr.header().clone())?;
 
     let mut cache: Option<TileCache> = None;
     let mut n = Counts::default();
@@ -203,7 +173,7 @@ fn score_on<B: Backend>(backend: B, model: Arc<Model>, a: &ScoreArgs) -> Result<
                         n.alleles_skipped += p.record.alternate_bases().as_ref().len();
                     }
                 }
-                write_record(p, a, &header, &mut vw, &mut out, &vcf_name)?;
+                write_record(p, a, &mut out, &vcf_name)?;
             }
             batch_bases = 0;
         }
@@ -229,9 +199,6 @@ fn score_on<B: Backend>(backend: B, model: Arc<Model>, a: &ScoreArgs) -> Result<
 const BATCH: usize = 1024;
 const BATCH_BASES: usize = 4 << 20;
 
-/// Scores of one alternate allele: llr, mllr, cos, l2, plantcad (those asked for).
-type Scores = [Option<f32>; 5];
-const SCORE_KEYS: [&str; 5] = ["DNAM_LLR", "DNAM_MLLR", "DNAM_COS", "DNAM_L2", "DNAM_PLANTCAD"];
 
 /// One VCF record on its way through: per alternate allele its scores so far or why it is
 /// not scored (`Err`: nothing of the record is scored), and the window the per-variant scores
@@ -354,11 +321,8 @@ fn score_windows<B: Backend>(batch: &mut [Pending], scorer: &mut Scorer<B>, mllr
 
 /// Write one record (VCF with INFO fields, or TSV rows) and report its skipped alleles on
 /// stderr.
-fn write_record(mut p: Pending, a: &ScoreArgs, header: &vcf::Header, vw: &mut vcf::io::Writer<Vec<u8>>, out: &mut Output, vcf_name: &str) -> Result<()> {
+fn write_record(mut p: Pending, a: &ScoreArgs, out: &mut VariantWriter, vcf_name: &str) -> Result<()> {
     let record = &mut p.record;
-    let chrom = record.reference_sequence_name().to_string();
-    let pos1 = record.variant_start().map(usize::from).map(|p| p.to_string()).unwrap_or_else(|| ".".into());
-    let ref_b = record.reference_bases().to_string();
     let alts: Vec<String> = record.alternate_bases().as_ref().to_vec();
     // one outcome per ALT (one row for a record without ALT)
     let n_rows = alts.len().max(1);
@@ -367,7 +331,9 @@ fn write_record(mut p: Pending, a: &ScoreArgs, header: &vcf::Header, vw: &mut vc
         Err(skip) => vec![Err(skip); n_rows],
     };
     if !a.common.quiet {
-        let at = format!("skipped: {vcf_name}: line {}: {chrom}:{pos1} {ref_b}>", p.line);
+        let chrom = record.reference_sequence_name().to_string();
+        let pos1 = record.variant_start().map(usize::from).map(|p| p.to_string()).unwrap_or_else(|| ".".into());
+        let at = format!("skipped: {vcf_name}: line {}: {chrom}:{pos1} {}>", p.line, record.reference_bases());
         match &p.outcome {
             Err(skip) => eprintln!("{at}{}: {skip}", if alts.is_empty() { ".".to_string() } else { alts.join(",") }),
             Ok(v) => {
@@ -379,36 +345,5 @@ fn write_record(mut p: Pending, a: &ScoreArgs, header: &vcf::Header, vw: &mut vc
             }
         }
     }
-    match a.format {
-        VariantFormat::Vcf => {
-            let info = record.info_mut();
-            for (k, key) in SCORE_KEYS.iter().enumerate() {
-                let v: Vec<Option<f32>> = per_alt.iter().map(|x| x.ok().and_then(|s| s[k])).collect();
-                if !alts.is_empty() && v.iter().any(Option::is_some) {
-                    info.insert(key.to_string(), Some(Value::Array(Array::Float(v))));
-                }
-            }
-            if per_alt.iter().any(|x| x.is_err()) {
-                let codes = per_alt.iter().map(|x| x.err().map(|s| s.code().to_string())).collect();
-                info.insert("DNAM_SKIP".into(), Some(Value::Array(Array::String(codes))));
-            }
-            vw.write_variant_record(header, record)?;
-            out.write_all(vw.get_ref())?;
-            vw.get_mut().clear();
-        }
-        VariantFormat::Tsv => {
-            let ids: Vec<&str> = record.ids().as_ref().iter().map(String::as_str).collect();
-            let id = if ids.is_empty() { ".".to_string() } else { ids.join(";") };
-            let f = |v: Option<f32>| v.map(|x| x.to_string()).unwrap_or_else(|| "NA".into());
-            let row_alts = if alts.is_empty() { vec![".".to_string()] } else { alts };
-            for (alt, x) in row_alts.iter().zip(&per_alt) {
-                let (status, s, reason) = match x {
-                    Ok(s) => ("scored", *s, ".".to_string()),
-                    Err(skip) => (skip.code(), [None; 5], skip.to_string()),
-                };
-                writeln!(out, "{chrom}\t{pos1}\t{id}\t{ref_b}\t{alt}\t{status}\t{}\t{}\t{}\t{}\t{}\t{reason}", f(s[0]), f(s[1]), f(s[2]), f(s[3]), f(s[4]))?;
-            }
-        }
-    }
-    Ok(())
+    out.record(record, &per_alt).with_context(|| format!("{vcf_name}: line {}", p.line))
 }
