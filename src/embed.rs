@@ -144,6 +144,14 @@ impl<B: Backend> Embedder<B> {
         self.join = join;
     }
 
+    /// Hidden states of layer `layer` instead of the final output (`Engine::set_layer`).
+    pub fn set_layer(&mut self, layer: Option<usize>) -> Result<()> {
+        if layer.is_some() && self.feature != Feature::Hidden {
+            bail!("--layers gives hidden states: the masked-LM head reads the final layer only");
+        }
+        self.engine.set_layer(layer)
+    }
+
     pub fn model(&self) -> &Arc<Model> {
         &self.model
     }

@@ -247,3 +247,31 @@ fn plantcad_zero_shot_scores_match_the_reference() {
         eprintln!("{dir}: {} PlantCaduceus scores within {worst:.1e} of the float64 reference", got.len());
     }
 }
+
+/// `embed --layers i` gives the residual stream after block i (0: the embeddings) as the
+/// float64 reference computes it, for every layer of the PlantCaduceus fixture, through the
+/// per-position and pooled outputs; several layers in one run are refused for now.
+#[test]
+fn layers_match_the_reference() {
+    let inputs = fixture("plantcad/inputs.fa");
+    let m = fixture("plantcad");
+    for layer in 0..=3 {
+        let out = per_record(&ok(&["embed", &inputs, "--model", &m, "--pool", "none", "--strand", "fwd", "--layers", &layer.to_string(), "-q"]), 2);
+        for (id, h) in out.iter().filter(|(id, _)| id != "chr1") {
+            let (_, want) = expected("plantcad", &format!("{id}.layer{layer}"));
+            let e = rel_err(h, &want);
+            assert!(e < 1e-4, "layer {layer} {id}: off by {e:.2e}");
+            eprintln!("layer {layer} {id}: within {e:.1e} of the float64 reference");
+        }
+        // the pooled row is the mean of the per-position rows
+        let pooled = rows(&ok(&["embed", &inputs, "--model", &m, "--strand", "fwd", "--layers", &layer.to_string(), "-q"]), 2);
+        let (_, want) = expected("plantcad", &format!("mixed.layer{layer}"));
+        let width = pooled[1].1.len();
+        let mean: Vec<f32> = (0..width).map(|c| want.chunks(width).map(|r| r[c]).sum::<f32>() / (want.len() / width) as f32).collect();
+        assert!(rel_err(&pooled[1].1, &mean) < 1e-4, "layer {layer} pooled");
+    }
+    let o = run(&["embed", &inputs, "--model", &m, "--layers", "1,2"]);
+    assert_clean_failure(&o, "two layers", "one layer per run");
+    let o = run(&["embed", &inputs, "--model", &m, "--layers", "4"]);
+    assert_clean_failure(&o, "past the last layer", "layers 0 (embeddings) to 3");
+}

@@ -887,3 +887,38 @@ fn batched_read_features_match_cpu() {
         }
     }
 }
+
+/// Layer taps (`--layers`): the residual stream after each block equals the CPU's, for Ph, PS
+/// and causal models, single and packed contexts, both precisions. (Written in the session that
+/// added the taps, when no device time was left: first run pending.)
+#[test]
+fn layer_taps_match_cpu() {
+    if !gpu("layer_taps_match_cpu") {
+        return;
+    }
+    for (kind, seed) in [(Kind::Ph, 71), (Kind::Ps, 72), (Kind::Causal, 73)] {
+        let model = random_model(kind, 24, 3, true, seed);
+        let tokens = random_tokens(3001, seed);
+        for layer in 0..=3 {
+            let mut cpu = Engine::new(Cpu::new(model.clone()), model.config.clone());
+            cpu.set_layer(Some(layer)).unwrap();
+            let want = hidden(&mut cpu, &tokens);
+            for (precision, tol) in [(Precision::F32, TOL), (Precision::Bf16, 1e-2)] {
+                let mut gpu = gpu_engine(&model, cuda::DEFAULT_CHUNK, precision);
+                gpu.set_layer(Some(layer)).unwrap();
+                assert_within(&hidden(&mut gpu, &tokens), &want, tol, &format!("{kind:?} layer {layer} {precision:?}"));
+                // packed: every record's rows as if run alone
+                let starts = [0usize, 1, 700, 2000];
+                gpu.run_packed(&tokens, &starts).unwrap();
+                let mut got = vec![0.0; tokens.len() * model.config.hidden_width()];
+                gpu.read_rows(0, &mut got).unwrap();
+                let ends = [1usize, 700, 2000, tokens.len()];
+                for (&s, &e) in starts.iter().zip(&ends) {
+                    let w = model.config.hidden_width();
+                    let alone = hidden(&mut cpu, &tokens[s..e]);
+                    assert_within(&got[s * w..e * w], &alone, tol, &format!("{kind:?} layer {layer} {precision:?} packed {s}..{e}"));
+                }
+            }
+        }
+    }
+}

@@ -98,6 +98,11 @@ pub struct EmbedArgs {
     /// Output format for --pool none.
     #[arg(long, value_enum, default_value = "csv")]
     pub format: Format,
+    /// Hidden states of this layer instead of the final normalized output: 0 = the embedding
+    /// output, i = the residual stream after block i, not normalized (for RCPS models, halves
+    /// as the final norm would read them). One layer per run for now.
+    #[arg(long, value_name = "L", value_delimiter = ',')]
+    pub layers: Vec<usize>,
     #[command(flatten)]
     pub tiles: Tiles,
     /// Records embedded side by side by this many workers, each with its own backend (pooled
@@ -185,6 +190,11 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
         eprintln!("backend: {name}; context {context}, tile overlap {overlap}; strand {}, output {}", flag_value(&a.strand), flag_value(&a.output));
     }
     let mut emb = Embedder::new(backend, model.clone(), a.strand, a.output, context, overlap)?;
+    match a.layers.as_slice() {
+        [] => {}
+        [l] => emb.set_layer(Some(*l))?,
+        _ => bail!("--layers: one layer per run for now (several layers in one pass are not built yet); run once per layer"),
+    }
     let width = emb.width();
     let cols = value_names(a.output, width);
     let mut progress = Progress::new(a.common.quiet);
@@ -292,6 +302,9 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
 fn run_workers(a: &EmbedArgs, model: Arc<Model>, gpus: Option<Vec<usize>>) -> Result<()> {
     if a.pool != Pool::Mean || a.window.is_some() || a.format != Format::Csv || a.output != Feature::Hidden {
         bail!("several workers or GPUs produce pooled output only (--pool mean, CSV, no --window) for now");
+    }
+    if !a.layers.is_empty() {
+        bail!("--layers runs with one worker for now");
     }
     let (context, overlap) = a.tiles.resolve(&model);
     if overlap >= context {

@@ -18,6 +18,9 @@ pub struct Engine<B: Backend> {
     len: usize,
     /// Per-layer conv + scan state carried between segments of a streamed causal record.
     carry: Vec<B::Buf>,
+    /// What a run leaves to read: `None` the final normalized hidden states, `Some(i)` the
+    /// residual stream after block i (`layer`).
+    tap: Option<usize>,
 }
 
 /// The views a layer's mixer runs through: the first half as is and, for RCPS, the second
@@ -32,7 +35,26 @@ fn views(cfg: &Config) -> Vec<View> {
 
 impl<B: Backend> Engine<B> {
     pub fn new(backend: B, cfg: Config) -> Self {
-        Engine { backend, cfg, streams: None, capacity: 0, len: 0, carry: Vec::new() }
+        Engine { backend, cfg, streams: None, capacity: 0, len: 0, carry: Vec::new(), tap: None }
+    }
+
+    /// Which hidden states later runs leave to read. Layer `i` (0..=n_layer) is the residual
+    /// stream after block `i`, before any norm: 0 is the embedding output, `i` is the sum the
+    /// next block's norm reads (the public code's `output_hidden_states[i]` plus the residual
+    /// it is added to). For RCPS models its halves are in the order the final norm would read
+    /// them if block `i` were the last. `None` (the default) is the final normalized output.
+    pub fn set_layer(&mut self, layer: Option<usize>) -> Result<()> {
+        if let Some(l) = layer {
+            anyhow::ensure!(l <= self.cfg.n_layer, "layer {l}: the model has layers 0 (embeddings) to {}", self.cfg.n_layer);
+        }
+        self.tap = layer;
+        Ok(())
+    }
+
+    /// The stream a run leaves its output in: the residual for a tapped layer.
+    fn output(&self) -> Result<&B::Buf> {
+        let (r, n) = self.streams.as_ref().ok_or_else(|| anyhow::anyhow!("no context has been run"))?;
+        Ok(if self.tap.is_some() { r } else { n })
     }
 
     pub fn backend(&self) -> &B {
@@ -73,11 +95,14 @@ impl<B: Backend> Engine<B> {
         let (r, n) = self.streams.as_mut().expect("allocated above");
         let b = &self.backend;
         b.embed(tokens, r)?;
-        for (layer, state) in self.carry.iter_mut().enumerate() {
+        let blocks = self.tap.unwrap_or(self.cfg.n_layer);
+        for (layer, state) in self.carry.iter_mut().enumerate().take(blocks) {
             b.rms_norm(r, n, len, Norm::Layer(layer))?;
             b.mixer_carry(layer, n, r, len, state)?;
         }
-        b.rms_norm(r, n, len, Norm::Final)?;
+        if self.tap.is_none() {
+            b.rms_norm(r, n, len, Norm::Final)?;
+        }
         self.len = len;
         Ok(())
     }
@@ -114,9 +139,9 @@ impl<B: Backend> Engine<B> {
 
     /// Column sums (f64) of row ranges of the last run's output, `width` = hidden width each.
     pub fn sum_rows(&self, ranges: &[(usize, usize)], out: &mut [f64]) -> Result<()> {
-        let (_, n) = self.streams.as_ref().ok_or_else(|| anyhow::anyhow!("no context has been run"))?;
+        let out_buf = self.output()?;
         anyhow::ensure!(ranges.iter().all(|&(a, b)| a <= b && b <= self.len), "sum past the end of the context");
-        self.backend.sum_rows(n, self.cfg.hidden_width(), ranges, out)
+        self.backend.sum_rows(out_buf, self.cfg.hidden_width(), ranges, out)
     }
 
     fn forward(&mut self, tokens: &[u8]) -> Result<()> {
@@ -128,7 +153,7 @@ impl<B: Backend> Engine<B> {
         let swap = self.cfg.rcps && self.cfg.fused_add_norm;
         let views = views(&self.cfg);
         b.embed(tokens, r)?;
-        for layer in 0..self.cfg.n_layer {
+        for layer in 0..self.tap.unwrap_or(self.cfg.n_layer) {
             if swap {
                 b.swap_halves(r, len)?;
             }
@@ -142,16 +167,18 @@ impl<B: Backend> Engine<B> {
                 }
             }
         }
-        b.rms_norm(r, n, len, Norm::Final)?;
+        if self.tap.is_none() {
+            b.rms_norm(r, n, len, Norm::Final)?;
+        }
         self.len = len;
         Ok(())
     }
 
     /// Copy rows `start..` of the last run's output (`dst.len()` must be a multiple of the width).
     pub fn read_rows(&self, start: usize, dst: &mut [f32]) -> Result<()> {
-        let (_, n) = self.streams.as_ref().ok_or_else(|| anyhow::anyhow!("no context has been run"))?;
+        let out_buf = self.output()?;
         let rows = dst.len() / self.cfg.hidden_width();
         anyhow::ensure!(start + rows <= self.len, "read past the end of the context");
-        self.backend.read_rows(n, start, dst)
+        self.backend.read_rows(out_buf, start, dst)
     }
 }
