@@ -37,6 +37,11 @@ impl Pace {
         }
         due
     }
+
+    /// Flush `out` if it is time to.
+    pub fn flush_if_due(&mut self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        if self.due() { out.flush() } else { Ok(()) }
+    }
 }
 
 /// The error for a NaN or infinity about to be written.

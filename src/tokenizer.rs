@@ -1,6 +1,7 @@
 //! Nucleotides to Caduceus token ids (model-format.md §1.3).
 //!
-//! A 256-entry table: A=7 C=8 G=9 T=10 N=11 in either case, any other byte [UNK]=6. IUPAC codes
+//! The ids: A=7 C=8 G=9 T=10 N=11 in either case, any other byte [UNK]=6 (the table is
+//! `model::vocab::caduceus`, the vocabulary of models without a tokenizer.json). IUPAC codes
 //! are deliberately not turned into N (needletail's `normalize` would): the reference tokenizer
 //! maps them to [UNK]. No special tokens are ever added.
 
@@ -13,26 +14,11 @@ pub const N: u8 = 11;
 /// The four nucleotide ids in column order A, C, G, T.
 pub const ACGT: [u8; 4] = [A, C, G, T];
 
-const TABLE: [u8; 256] = {
-    let mut t = [UNK; 256];
-    t[b'A' as usize] = A;
-    t[b'a' as usize] = A;
-    t[b'C' as usize] = C;
-    t[b'c' as usize] = C;
-    t[b'G' as usize] = G;
-    t[b'g' as usize] = G;
-    t[b'T' as usize] = T;
-    t[b't' as usize] = T;
-    t[b'N' as usize] = N;
-    t[b'n' as usize] = N;
-    t
-};
-
-/// Tokenize `seq` into `out` (cleared first); returns how many bytes became [UNK].
+/// Tokenize `seq` into `out` with the Caduceus ids (cleared first); returns how many bytes
+/// became [UNK]. Models with a tokenizer.json read their own vocabulary (`Model::vocab`).
 pub fn encode_into(seq: &[u8], out: &mut Vec<u8>) -> usize {
-    out.clear();
-    out.extend(seq.iter().map(|&b| TABLE[b as usize]));
-    out.iter().filter(|&&t| t == UNK).count()
+    static CADUCEUS: std::sync::OnceLock<crate::model::vocab::Vocab> = std::sync::OnceLock::new();
+    CADUCEUS.get_or_init(crate::model::vocab::caduceus).encode_into(seq, out)
 }
 
 /// Reverse complement in token space, with the model's complement map.

@@ -33,8 +33,12 @@ type Res<T> = Result<T, String>;
 
 /// The tensors of a `torch.save`d state dict, by name.
 pub fn read(path: &Path) -> Res<BTreeMap<String, Tensor>> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    read_bytes(&bytes)
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    // mapped, not read: a checkpoint of a GB is then not held twice while its tensors are copied
+    // SAFETY: only read while this function runs; a concurrent truncation by another process
+    // would be a SIGBUS, which read() could not prevent either.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| e.to_string())?;
+    read_bytes(&map)
 }
 
 pub fn read_bytes(bytes: &[u8]) -> Res<BTreeMap<String, Tensor>> {

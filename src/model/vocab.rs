@@ -30,17 +30,19 @@ pub struct Vocab {
 /// T=10 N=11, input upper-cased first.
 pub fn caduceus() -> Vocab {
     let names = ["[CLS]", "[SEP]", "[BOS]", "[MASK]", "[PAD]", "[RESERVED]", "[UNK]", "A", "C", "G", "T", "N"];
-    let mut table = [6u8; 256];
-    for (id, c) in [(7u8, b'A'), (8, b'C'), (9, b'G'), (10, b'T'), (11, b'N')] {
+    use crate::tokenizer::{A, ACGT, C, G, N, T, UNK};
+    let mut table = [UNK; 256];
+    for (id, c) in [(A, b'A'), (C, b'C'), (G, b'G'), (T, b'T'), (N, b'N')] {
         table[c as usize] = id;
         table[c.to_ascii_lowercase() as usize] = id;
     }
+    debug_assert_eq!(names[UNK as usize], "[UNK]");
     Vocab {
         table,
-        unk: 6,
+        unk: UNK,
         mask: Some(3),
         pad: Some(4),
-        acgt: [7, 8, 9, 10],
+        acgt: ACGT,
         tokens: names.iter().enumerate().map(|(i, n)| (i as u8, n.to_string())).collect(),
         source: "the Caduceus character tokenizer (no tokenizer.json in the model folder)".into(),
     }

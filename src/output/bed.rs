@@ -88,10 +88,7 @@ impl<W: Write> PositionWriter for Bed<W> {
     }
     fn end(&mut self) -> Result<()> {
         self.close()?;
-        if self.pace.due() {
-            self.out.flush()?;
-        }
-        Ok(())
+        Ok(self.pace.flush_if_due(&mut self.out)?)
     }
 }
 
@@ -156,10 +153,7 @@ impl<W: Write> PositionWriter for BedGraph<W> {
     }
     fn end(&mut self) -> Result<()> {
         self.close()?;
-        if self.pace.due() {
-            self.out.flush()?;
-        }
-        Ok(())
+        Ok(self.pace.flush_if_due(&mut self.out)?)
     }
 }
 
