@@ -40,8 +40,52 @@
 #ifndef D_STATE
 #define D_STATE 16
 #endif
+// d_inner and dt_rank, set when the module is compiled like D_STATE: the step stride of every
+// [rows][d_inner] buffer is then an immediate, so an unrolled run of steps addresses its rows
+// with constant offsets from one pointer instead of 64-bit arithmetic per step.
+#ifndef D_INNER
+#define D_INNER 512
+#endif
+#ifndef DT_RANK
+#define DT_RANK 16
+#endif
+// Steps per unrolled run of scan_ends / scan_output: the next run's inputs are loaded while
+// the current one is computed (latency hidden by ILP, so fewer warps are needed).
+#define RUN 4
+// dt_proj fused into scan_ends: δ_r and the channel's dt_proj row in registers, read as float4
+// (the host runs cuBLAS otherwise; the same condition is in src/backend/cuda.rs).
+#define FUSE_DT (DT_RANK <= 16 && DT_RANK % 4 == 0 && D_STATE % 4 == 0)
 
-__device__ __forceinline__ float softplus(float v) { return v > 20.0f ? v : log1pf(expf(v)); }
+// softplus(v) = max(v, 0) + log1p(u), u = e^-|v| in (0, 1], without branches or calls:
+// u with the range reduction of expf (exact to ~1 ulp before the ex2.approx of a small
+// argument), and log1p(u) = 2·atanh(s), s = u / (2 + u) in [0, 1/3], by its odd series to s^13
+// (truncation < s^14/15 < 1.4e-8 relative; no cancellation, so ~2 ulp over the whole range).
+// ~22 instructions and 2 MUFU, against ~45 and a local-memory call for log1pf(expf(v)).
+__device__ __forceinline__ float exp2_ftz(float v);
+__device__ __forceinline__ float rcp_approx(float v)
+{
+    float r;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
+    return r;
+}
+__device__ __forceinline__ float softplus(float v)
+{
+    const float a = -fabsf(v);
+    const float j = rintf(a * 1.44269504f);
+    const float f = fmaf(a, 1.44269504f, -j) + a * 1.92596303e-8f; // a·log2(e) - j, to ~1 ulp
+    const float e = exp2_ftz(f);                                     // 2^f, f in [-0.5, 0.5]
+    // 2^j through the exponent field; below 2^-126 the term is under 1e-38: flushed
+    const float u = j < -126.0f ? 0.0f : __int_as_float(__float_as_int(e) + ((int)j << 23));
+    const float s = u * rcp_approx(2.0f + u);
+    const float q = s * s;
+    float p = fmaf(q, 1.0f / 13.0f, 1.0f / 11.0f);
+    p = fmaf(q, p, 1.0f / 9.0f);
+    p = fmaf(q, p, 1.0f / 7.0f);
+    p = fmaf(q, p, 1.0f / 5.0f);
+    p = fmaf(q, p, 1.0f / 3.0f);
+    p = fmaf(q, p, 1.0f);
+    return fmaxf(v, 0.0f) + 2.0f * s * p;
+}
 // __expf is within a few ulp here; __fdividef returns 0 once 1 + e^-v exceeds 2^126 (v < -87),
 // where SiLU is below 1e-36 anyway.
 __device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.0f + __expf(-v)); }
@@ -80,35 +124,150 @@ __device__ __forceinline__ void stage_rows(float* smem, const float* __restrict_
     __syncthreads();
 }
 
-// f32 -> bf16 bits, round to nearest even (NaN stays NaN).
+// f32 -> bf16 bits, round to nearest even (NaN stays NaN): one cvt instruction.
 __device__ __forceinline__ unsigned short to_bf16(float f)
 {
-    unsigned int u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (unsigned short)(u >> 16);
+    unsigned short r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
+    return r;
 }
 
 // Decay of a segment (or group of segments) from its Σ Δ; -1 marks one that holds a reset.
 __device__ __forceinline__ float decay(float a, float dsum) { return dsum < 0.0f ? 0.0f : exp2_ftz(a * dsum); }
 
-__device__ __forceinline__ void load_state_row(float (&v)[D_STATE], const float* p)
+
+// Packed contexts: the Δ that gates the decays of step jj. At a record's first step it is +inf,
+// so every decay exp2(+inf·a2) is exactly 0 and the state restarts from Δ·B·x (a2 < 0: the host
+// stores A·log2(e) no larger than -FLT_MIN, which leaves exp2 of any finite Δ·a2 unchanged).
+// A select instead of zeroing 16 registers per step. Sets `reset` at such a step.
+__device__ __forceinline__ float reset_gate(int packed, const int* flags, int jj, float dl, bool& reset)
 {
-#if D_STATE % 4 == 0
-#pragma unroll
-    for (int q = 0; q < D_STATE / 4; ++q) {
-        const float4 f = reinterpret_cast<const float4*>(p)[q];
-        v[4 * q] = f.x; v[4 * q + 1] = f.y; v[4 * q + 2] = f.z; v[4 * q + 3] = f.w;
+    if (packed && flags[jj]) {
+        reset = true;
+        return __int_as_float(0x7f800000);
     }
-#else
-#pragma unroll
-    for (int n = 0; n < D_STATE; ++n) v[n] = p[n];
-#endif
+    return dl;
 }
 
-// Dynamic shared memory: seg_len · (D_STATE + 1) floats (B of the segment's steps, flags).
-// At most 128 threads a block (the host launches that); register cap for 9 blocks per SM.
-extern "C" __global__ void __launch_bounds__(128, 9) scan_ends(const float* __restrict__ x,
+template <int N>
+__device__ __forceinline__ void load_row(float (&v)[N], const float* p)
+{
+    if constexpr (N % 4 == 0) {
+#pragma unroll
+        for (int q = 0; q < N / 4; ++q) {
+            const float4 f = reinterpret_cast<const float4*>(p)[q];
+            v[4 * q] = f.x; v[4 * q + 1] = f.y; v[4 * q + 2] = f.z; v[4 * q + 3] = f.w;
+        }
+    } else {
+#pragma unroll
+        for (int n = 0; n < N; ++n) v[n] = p[n];
+    }
+}
+__device__ __forceinline__ void load_state_row(float (&v)[D_STATE], const float* p) { load_row<D_STATE>(v, p); }
+
+// v[u] = p[u·S] for the u < n steps of a run (S: the step stride in elements, a constant).
+template <long long S>
+__device__ __forceinline__ void load_run(float (&v)[RUN], const float* p, int n)
+{
+#pragma unroll
+    for (int u = 0; u < RUN; ++u) v[u] = u < n ? p[u * S] : 0.0f;
+}
+
+// scan_ends for one walk direction (REV: from the last row), thread = (segment s, channel c).
+// fuse_dt: Δ's pre-activation δ = dt_proj(δ_r) is computed here from the staged δ_r columns
+// (dbc's first DT_RANK), so dt_proj needs no GEMM; otherwise `delta` holds δ from cuBLAS.
+template <int REV>
+__device__ __forceinline__ void ends_walk(const float* __restrict__ x, float* __restrict__ delta,
+                                          const float* bs, int width, int off_b, const int* flags,
+                                          const float* __restrict__ a2, const float* __restrict__ dt_b,
+                                          const float* __restrict__ dt_w, int fuse_dt,
+                                          float* __restrict__ h_end, float* __restrict__ dsum,
+                                          int c, int s, int j0, int steps, int t, int packed)
+{
+    constexpr long long S = REV ? -(long long)D_INNER : (long long)D_INNER;
+    float a[D_STATE], h[D_STATE];
+#pragma unroll
+    for (int n = 0; n < D_STATE; ++n) {
+        a[n] = a2[(size_t)c * D_STATE + n];
+        h[n] = 0.0f;
+    }
+#if FUSE_DT
+    float w[DT_RANK];
+#pragma unroll
+    for (int k = 0; k < DT_RANK; ++k) w[k] = fuse_dt ? dt_w[(size_t)c * DT_RANK + k] : 0.0f;
+#endif
+    const float bias = dt_b[c];
+    const size_t r0 = step_row(j0, t, REV) * D_INNER + c;
+    float* dp = delta + r0;
+    const float* xp = x + r0;
+    float sum = 0.0f;
+    bool reset = false;
+    // one step: u is the step's place in its run (a constant once unrolled), so its rows are
+    // at constant offsets from the run's pointers
+    auto step = [&](float raw, float xval, int jj, int u) {
+        const float* row = bs + jj * width;
+#if FUSE_DT
+        if (fuse_dt) {
+            float r[DT_RANK];
+            load_row<DT_RANK>(r, row);
+            float p0 = 0.0f, p1 = 0.0f;
+#pragma unroll
+            for (int k = 0; k < DT_RANK; ++k) {
+                if (k % 2 == 0) p0 = fmaf(w[k], r[k], p0); else p1 = fmaf(w[k], r[k], p1);
+            }
+            raw = p0 + p1;
+        }
+#endif
+        const float dl = softplus(raw + bias);
+        dp[u * S] = dl;
+        const float dx = dl * xval;
+        const float dg = reset_gate(packed, flags, jj, dl, reset);
+        float bm[D_STATE];
+        load_state_row(bm, row + off_b);
+#pragma unroll
+        for (int n = 0; n < D_STATE; ++n) h[n] = exp2_ftz(dg * a[n]) * h[n] + dx * bm[n];
+        sum += dl;
+    };
+    // software pipeline RUN steps deep: slot u holds the inputs of step j + u; right after
+    // they are read, the slot is refilled with those of step j + RUN + u
+    float xv[RUN], dv[RUN];
+    load_run<S>(xv, xp, steps);
+    load_run<S>(dv, dp, fuse_dt ? 0 : steps);
+    int j = 0;
+    for (; j + 2 * RUN <= steps; j += RUN) {
+#pragma unroll
+        for (int u = 0; u < RUN; ++u) {
+            // the slot is refilled after its last use, so the load needs no register copy
+            step(dv[u], xv[u], j + u, u);
+            xv[u] = xp[(RUN + u) * S];
+            if (!fuse_dt) dv[u] = dp[(RUN + u) * S];
+        }
+        dp += RUN * S;
+        xp += RUN * S;
+    }
+    for (; j < steps; j += RUN) {
+#pragma unroll
+        for (int u = 0; u < RUN; ++u) {
+            if (j + u >= steps) break;
+            step(dv[u], xv[u], j + u, u);
+            if (j + RUN + u < steps) {
+                xv[u] = xp[(RUN + u) * S];
+                if (!fuse_dt) dv[u] = dp[(RUN + u) * S];
+            }
+        }
+        dp += RUN * S;
+        xp += RUN * S;
+    }
+    float* he = h_end + ((size_t)s * D_INNER + c) * D_STATE;
+#pragma unroll
+    for (int n = 0; n < D_STATE; ++n) he[n] = h[n];
+    dsum[(size_t)s * D_INNER + c] = reset ? -1.0f : sum;
+}
+
+// Dynamic shared memory: seg_len · (width + 1) floats, width = D_STATE (B of the segment's
+// steps) or, with fuse_dt, DT_RANK + D_STATE ([δ_r | B]); then the reset flags.
+// At most 128 threads a block (the host launches that).
+extern "C" __global__ void __launch_bounds__(128, 6) scan_ends(const float* __restrict__ x,
                                      float* __restrict__ delta,
                                      const float* __restrict__ dbc,
                                      const float* __restrict__ a2,
@@ -116,7 +275,8 @@ extern "C" __global__ void __launch_bounds__(128, 9) scan_ends(const float* __re
                                      float* __restrict__ h_end,
                                      float* __restrict__ dsum,
                                      int t, int di, int nx, int rk, int seg_len, int rev,
-                                     const int* __restrict__ rec, long long row0, long long len, int packed)
+                                     const int* __restrict__ rec, long long row0, long long len, int packed,
+                                     const float* __restrict__ dt_w, int fuse_dt)
 {
     extern __shared__ float4 smem4[];
     float* bs = reinterpret_cast<float*>(smem4);
@@ -124,50 +284,14 @@ extern "C" __global__ void __launch_bounds__(128, 9) scan_ends(const float* __re
     const int s = blockIdx.y;
     const int j0 = s * seg_len;
     const int steps = min(seg_len, t - j0);
-    stage_rows(bs, dbc, j0, steps, D_STATE, t, nx, rk, rev, rec, row0, len, packed);
-    const int* flags = reinterpret_cast<const int*>(bs + steps * D_STATE);
-    if (c >= di) return;
-    float a[D_STATE], h[D_STATE];
-#pragma unroll
-    for (int n = 0; n < D_STATE; ++n) {
-        a[n] = a2[(size_t)c * D_STATE + n];
-        h[n] = 0.0f;
-    }
-    const float bias = dt_b[c];
-    // walk the rows with pointers: one add per step instead of 64-bit index arithmetic
-    const long long stride = rev ? -(long long)di : (long long)di;
-    const size_t r0 = step_row(j0, t, rev) * di + c;
-    float* dp = delta + r0;
-    const float* xp = x + r0;
-    float d_next = *dp, x_next = *xp;
-    float sum = 0.0f;
-    bool reset = false;
-    for (int jj = 0; jj < steps; ++jj) {
-        const float d_raw = d_next, xv = x_next;
-        if (jj + 1 < steps) {
-            d_next = dp[stride];
-            x_next = xp[stride];
-        }
-        if (packed && flags[jj]) {
-#pragma unroll
-            for (int n = 0; n < D_STATE; ++n) h[n] = 0.0f;
-            reset = true;
-        }
-        const float dl = softplus(d_raw + bias);
-        *dp = dl;
-        dp += stride;
-        xp += stride;
-        const float dx = dl * xv;
-        float bm[D_STATE];
-        load_state_row(bm, bs + jj * D_STATE);
-#pragma unroll
-        for (int n = 0; n < D_STATE; ++n) h[n] = exp2_ftz(dl * a[n]) * h[n] + dx * bm[n];
-        sum += dl;
-    }
-    float* he = h_end + ((size_t)s * di + c) * D_STATE;
-#pragma unroll
-    for (int n = 0; n < D_STATE; ++n) he[n] = h[n];
-    dsum[(size_t)s * di + c] = reset ? -1.0f : sum;
+    // [δ_r | B] are adjacent in dbc's rows: one staging copy serves both
+    const int width = fuse_dt ? rk + D_STATE : D_STATE;
+    stage_rows(bs, dbc, j0, steps, width, t, nx, fuse_dt ? 0 : rk, rev, rec, row0, len, packed);
+    const int* flags = reinterpret_cast<const int*>(bs + steps * width);
+    if (c >= D_INNER) return;
+    const int off_b = fuse_dt ? rk : 0;
+    if (rev) ends_walk<1>(x, delta, bs, width, off_b, flags, a2, dt_b, dt_w, fuse_dt, h_end, dsum, c, s, j0, steps, t, packed);
+    else ends_walk<0>(x, delta, bs, width, off_b, flags, a2, dt_b, dt_w, fuse_dt, h_end, dsum, c, s, j0, steps, t, packed);
 }
 
 #define COMBINE_GROUPS 32
@@ -215,12 +339,111 @@ extern "C" __global__ void scan_combine(float* __restrict__ h_end,
     if (g == COMBINE_GROUPS - 1) state[i] = h;
 }
 
+// scan_output for one walk direction, thread = (segment s, channel c); see scan_output.
+template <int REV>
+__device__ __forceinline__ void output_walk(float* __restrict__ x, const float* __restrict__ delta,
+                                            const float* bcs, const int* flags,
+                                            const float* __restrict__ xz, const float* __restrict__ a2,
+                                            const float* __restrict__ dt_b, const float* __restrict__ d_skip,
+                                            float* __restrict__ h_start, int delta_ready, int write_back,
+                                            unsigned short* __restrict__ y_h, int half,
+                                            float* __restrict__ y_acc, int acc_mode,
+                                            int c, int s, int j0, int steps, int t, int packed)
+{
+    constexpr long long S = REV ? -(long long)D_INNER : (long long)D_INNER;
+    float a[D_STATE], h[D_STATE];
+    float* hs = h_start + ((size_t)s * D_INNER + c) * D_STATE;
+#pragma unroll
+    for (int n = 0; n < D_STATE; ++n) {
+        a[n] = a2[(size_t)c * D_STATE + n];
+        h[n] = hs[n];
+    }
+    const float bias = dt_b[c];
+    const float dsk = d_skip[c];
+    const size_t r0 = step_row(j0, t, REV);
+    const float* dp = delta + r0 * D_INNER + c;
+    float* xp = x + r0 * D_INNER + c;
+    unsigned short* yp = y_h + (half ? r0 * D_INNER + c : 0);
+    float* ap = y_acc + (acc_mode ? r0 * D_INNER + c : 0);
+    const float* zp = xz + r0 * 2 * D_INNER + D_INNER + c;
+    const bool read_acc = acc_mode == 2;
+    auto step = [&](float dval, float xval, float zval, float prev, int jj, int u) {
+        const float dl = delta_ready ? dval : softplus(dval + bias);
+        const float dx = dl * xval;
+        bool reset = false;
+        const float dg = reset_gate(packed, flags, jj, dl, reset);
+        float bm[D_STATE], cm[D_STATE];
+        load_state_row(bm, bcs + jj * 2 * D_STATE);
+        load_state_row(cm, bcs + jj * 2 * D_STATE + D_STATE);
+        // two partial sums halve the dependent chain of the C·h reduction
+        float y0 = 0.0f, y1 = 0.0f;
+#pragma unroll
+        for (int n = 0; n < D_STATE; ++n) {
+            h[n] = exp2_ftz(dg * a[n]) * h[n] + dx * bm[n];
+            if (n % 2 == 0) y0 = fmaf(h[n], cm[n], y0); else y1 = fmaf(h[n], cm[n], y1);
+        }
+        float o = fmaf(dsk, xval, y0 + y1) * silu(zval);
+        if (acc_mode == 1) {
+            ap[u * S] = o;
+        } else {
+            o += prev;
+            if (half) yp[u * S] = to_bf16(o);
+            else if (acc_mode == 2) ap[u * S] = o;
+            else xp[u * S] = o;
+        }
+    };
+    // software pipeline RUN steps deep, as in ends_walk
+    float dv[RUN], xv[RUN], zv[RUN], pv[RUN];
+    load_run<S>(dv, dp, steps);
+    load_run<S>(xv, xp, steps);
+    load_run<2 * S>(zv, zp, steps);
+    load_run<S>(pv, ap, read_acc ? steps : 0);
+    auto advance = [&]() {
+        dp += RUN * S;
+        xp += RUN * S;
+        zp += 2 * RUN * S;
+        if (half) yp += RUN * S;
+        if (acc_mode) ap += RUN * S;
+    };
+    int j = 0;
+    for (; j + 2 * RUN <= steps; j += RUN) {
+#pragma unroll
+        for (int u = 0; u < RUN; ++u) {
+            // the slot is refilled after its last use, so the loads need no register copies
+            step(dv[u], xv[u], zv[u], pv[u], j + u, u);
+            dv[u] = dp[(RUN + u) * S];
+            xv[u] = xp[(RUN + u) * S];
+            zv[u] = zp[2 * (RUN + u) * S];
+            if (read_acc) pv[u] = ap[(RUN + u) * S];
+        }
+        advance();
+    }
+    for (; j < steps; j += RUN) {
+#pragma unroll
+        for (int u = 0; u < RUN; ++u) {
+            if (j + u >= steps) break;
+            step(dv[u], xv[u], zv[u], pv[u], j + u, u);
+            if (j + RUN + u < steps) {
+                dv[u] = dp[(RUN + u) * S];
+                xv[u] = xp[(RUN + u) * S];
+                zv[u] = zp[2 * (RUN + u) * S];
+                if (read_acc) pv[u] = ap[(RUN + u) * S];
+            }
+        }
+        advance();
+    }
+    if (write_back) {
+#pragma unroll
+        for (int n = 0; n < D_STATE; ++n) hs[n] = h[n];
+    }
+}
+
 // h_start: [nseg][di][D_STATE] start states, or the carried state when the chunk is one
 // segment (then `write_back` stores the end state there). `delta_ready`: scan_ends has
 // already turned δ into Δ.
 // Dynamic shared memory: seg_len · (2·D_STATE + 1) floats (B and C of the segment's steps,
-// flags). At most 128 threads a block; register cap for 8 blocks per SM.
-extern "C" __global__ void __launch_bounds__(128, 8) scan_output(float* __restrict__ x,
+// flags). At most 128 threads a block.
+extern "C" __global__ void __launch_bounds__(128, 5) scan_output(float* __restrict__ x,
                                        const float* __restrict__ delta,
                                        const float* __restrict__ dbc,
                                        const float* __restrict__ xz,
@@ -242,68 +465,9 @@ extern "C" __global__ void __launch_bounds__(128, 8) scan_output(float* __restri
     const int steps = min(seg_len, t - j0);
     stage_rows(bcs, dbc, j0, steps, 2 * D_STATE, t, nx, rk, rev, rec, row0, len, packed);
     const int* flags = reinterpret_cast<const int*>(bcs + steps * 2 * D_STATE);
-    if (c >= di) return;
-    float a[D_STATE], h[D_STATE];
-    float* hs = h_start + ((size_t)s * di + c) * D_STATE;
-#pragma unroll
-    for (int n = 0; n < D_STATE; ++n) {
-        a[n] = a2[(size_t)c * D_STATE + n];
-        h[n] = hs[n];
-    }
-    const float bias = dt_b[c];
-    const float dsk = d_skip[c];
-    const long long stride = rev ? -(long long)di : (long long)di;
-    const size_t r0 = step_row(j0, t, rev);
-    const float* dp = delta + r0 * di + c;
-    float* xp = x + r0 * di + c;
-    unsigned short* yp = y_h + (half ? r0 * di + c : 0);
-    float* ap = y_acc + (acc_mode ? r0 * di + c : 0);
-    const float* zp = xz + r0 * 2 * (size_t)di + di + c;
-    float d_next = *dp, x_next = *xp, z_next = *zp;
-    float a_next = acc_mode == 2 ? *ap : 0.0f;
-    for (int jj = 0; jj < steps; ++jj) {
-        const float d_raw = d_next, xv = x_next, z = z_next, prev = a_next;
-        if (jj + 1 < steps) {
-            d_next = dp[stride];
-            x_next = xp[stride];
-            z_next = zp[2 * stride];
-            if (acc_mode == 2) a_next = ap[stride];
-        }
-        if (packed && flags[jj]) {
-#pragma unroll
-            for (int n = 0; n < D_STATE; ++n) h[n] = 0.0f;
-        }
-        const float dl = delta_ready ? d_raw : softplus(d_raw + bias);
-        const float dx = dl * xv;
-        float bm[D_STATE], cm[D_STATE];
-        load_state_row(bm, bcs + jj * 2 * D_STATE);
-        load_state_row(cm, bcs + jj * 2 * D_STATE + D_STATE);
-        // two partial sums halve the dependent chain of the C·h reduction
-        float y0 = 0.0f, y1 = 0.0f;
-#pragma unroll
-        for (int n = 0; n < D_STATE; ++n) {
-            h[n] = exp2_ftz(dl * a[n]) * h[n] + dx * bm[n];
-            if (n % 2 == 0) y0 += h[n] * cm[n]; else y1 += h[n] * cm[n];
-        }
-        float o = (y0 + y1 + dsk * xv) * silu(z);
-        if (acc_mode == 1) {
-            *ap = o;
-        } else {
-            o += prev;
-            if (half) *yp = to_bf16(o);
-            else if (acc_mode == 2) *ap = o;
-            else *xp = o;
-        }
-        yp += half ? stride : 0;
-        ap += acc_mode ? stride : 0;
-        dp += stride;
-        xp += stride;
-        zp += 2 * stride;
-    }
-    if (write_back) {
-#pragma unroll
-        for (int n = 0; n < D_STATE; ++n) hs[n] = h[n];
-    }
+    if (c >= D_INNER) return;
+    if (rev) output_walk<1>(x, delta, bcs, flags, xz, a2, dt_b, d_skip, h_start, delta_ready, write_back, y_h, half, y_acc, acc_mode, c, s, j0, steps, t, packed);
+    else output_walk<0>(x, delta, bcs, flags, xz, a2, dt_b, d_skip, h_start, delta_ready, write_back, y_h, half, y_acc, acc_mode, c, s, j0, steps, t, packed);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,9 +7,9 @@
 //              read + written.
 // rms_norm     one warp per (row, half): the sum of squares and the scaled write in one
 //              pass over the row, 4·width B read + 4·width B written; an RCPS second half
-//              reads the weight back to front instead of using a flipped copy.
-// rows_to_bf16 bf16 mode: a view's D-wide column block of `rows` rows as packed bf16, the
-//              operand in_proj reads on tensor cores: 4·D B read, 2·D B written per row.
+//              reads the weight back to front instead of using a flipped copy. `half`: the
+//              output is bf16 (what in_proj reads in bf16 mode), [len][width] packed from the
+//              start of dst, 2·width B written.
 // sum_rows     column sums (f64) of row ranges, one block column-slice per range: pooled
 //              means of packed records without copying their rows to the host; reads
 //              4·width B per row, writes 8·width B per range.
@@ -48,27 +48,6 @@ extern "C" __global__ void swap_halves(float* __restrict__ buf, size_t len, int 
     }
 }
 
-extern "C" __global__ void rms_norm(const float* __restrict__ src,
-                                    float* __restrict__ dst,
-                                    const float* __restrict__ w,
-                                    size_t len, int d, int halves, float eps)
-{
-    const int lane = threadIdx.x & 31;
-    const size_t warps = len * (size_t)halves;
-    for (size_t wi = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) / 32; wi < warps;
-         wi += (size_t)gridDim.x * blockDim.x / 32) {
-        // rows are [half 0 | half 1], so warp wi's D values start at wi·D
-        const float* x = src + wi * (size_t)d;
-        float* o = dst + wi * (size_t)d;
-        const bool flip = (wi % halves) == 1;
-        float ss = 0.0f;
-        for (int c = lane; c < d; c += 32) ss += x[c] * x[c];
-        for (int m = 16; m > 0; m >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, m);
-        const float s = 1.0f / sqrtf(ss / (float)d + eps);
-        for (int c = lane; c < d; c += 32) o[c] = x[c] * s * w[flip ? d - 1 - c : c];
-    }
-}
-
 // f32 -> bf16 bits, round to nearest even (NaN stays NaN).
 __device__ __forceinline__ unsigned short to_bf16(float f)
 {
@@ -78,15 +57,28 @@ __device__ __forceinline__ unsigned short to_bf16(float f)
     return (unsigned short)(u >> 16);
 }
 
-extern "C" __global__ void rows_to_bf16(const float* __restrict__ src, size_t ld,
-                                        unsigned short* __restrict__ dst, size_t rows, int d)
+extern "C" __global__ void rms_norm(const float* __restrict__ src,
+                                    float* __restrict__ dst,
+                                    const float* __restrict__ w,
+                                    size_t len, int d, int halves, float eps, int half)
 {
-    const size_t total = rows * (size_t)d;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x) {
-        const size_t row = i / d;
-        const size_t c = i - row * d;
-        dst[i] = to_bf16(src[row * ld + c]);
+    const int lane = threadIdx.x & 31;
+    const size_t warps = len * (size_t)halves;
+    unsigned short* dst_h = reinterpret_cast<unsigned short*>(dst);
+    for (size_t wi = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) / 32; wi < warps;
+         wi += (size_t)gridDim.x * blockDim.x / 32) {
+        // rows are [half 0 | half 1], so warp wi's D values start at wi·D
+        const float* x = src + wi * (size_t)d;
+        const bool flip = (wi % halves) == 1;
+        float ss = 0.0f;
+        for (int c = lane; c < d; c += 32) ss += x[c] * x[c];
+        for (int m = 16; m > 0; m >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, m);
+        const float s = 1.0f / sqrtf(ss / (float)d + eps);
+        for (int c = lane; c < d; c += 32) {
+            const float v = x[c] * s * w[flip ? d - 1 - c : c];
+            if (half) dst_h[wi * (size_t)d + c] = to_bf16(v);
+            else dst[wi * (size_t)d + c] = v;
+        }
     }
 }
 

@@ -922,3 +922,42 @@ fn layer_taps_match_cpu() {
         }
     }
 }
+
+/// Forward passes of the Ph 131k shape (random weights, initialisation decays), default
+/// options: `DNA_MAMBA_BENCH_CASES` lists `precision:bases` pairs (default bf16 and f32 at
+/// 131,072 and 1,048,576). Median of 5 after a warm-up. For sweeps of one setting
+/// (`DNA_MAMBA_SEG_THREADS`, `DNA_MAMBA_SCAN`) in one device call.
+#[test]
+#[ignore]
+fn bench_forward() {
+    if !gpu("bench_forward") {
+        return;
+    }
+    let cases = std::env::var("DNA_MAMBA_BENCH_CASES").unwrap_or_else(|_| "bf16:131072,bf16:1048576,f32:131072,f32:1048576".into());
+    let model = random_model(Kind::Ph, 256, 16, true, 42);
+    let label = format!(
+        "seg_threads={} scan={}",
+        std::env::var("DNA_MAMBA_SEG_THREADS").unwrap_or_else(|_| "default".into()),
+        std::env::var("DNA_MAMBA_SCAN").unwrap_or_else(|_| "default".into())
+    );
+    for case in cases.split(',') {
+        let (p, len) = case.split_once(':').expect("precision:bases");
+        let precision = if p == "bf16" { Precision::Bf16 } else { Precision::F32 };
+        let len: usize = len.parse().unwrap();
+        let tokens = random_tokens(len, 7);
+        let mut e = gpu_engine(&model, cuda::DEFAULT_CHUNK, precision);
+        e.run(&tokens).unwrap();
+        e.backend().synchronize().unwrap();
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let t0 = Instant::now();
+            e.run(&tokens).unwrap();
+            e.backend().synchronize().unwrap();
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        let med = times[times.len() / 2];
+        let (free, total) = e.backend().mem_get_info().unwrap();
+        println!("| {label} | {p} | {len} | {med:.4} | {:.3e} | {} |", len as f64 / med, (total - free) >> 20);
+    }
+}

@@ -11,10 +11,12 @@
 //! chunk only; the scan runs in parallel over time segments (see kernels/scan.cu: two-pass
 //! by default, one-pass with `DNA_MAMBA_SCAN=one-pass`; `Scan`).
 //!
-//! bf16 operands are made where their producer writes anyway: the conv writes a bf16 copy
-//! of its output for x_proj and the scan writes its gated output only as bf16 for out_proj;
-//! in_proj's input is converted per chunk from the stream's column block (`rows_to_bf16`),
-//! and dt_proj (K = dt_rank) reads f32 through cuBLAS's FAST_16BF compute type.
+//! bf16 operands are made where their producer writes anyway: a layer's RMSNorm writes its
+//! output as bf16 for in_proj (into the normalized stream's own memory, which nothing else
+//! reads), the conv writes a bf16 copy of its output for x_proj and the scan writes its gated
+//! output only as bf16 for out_proj. dt_proj (K = dt_rank) is computed inside scan_ends from
+//! the staged δ_r columns where the sizes allow (`Sizes::fuse_dt`), else by cuBLAS (f32, or
+//! FAST_16BF in bf16 mode).
 //!
 //! Packed contexts (`set_records`): a per-row record id on the device makes the conv read
 //! zeros across record boundaries and the scan restart from h = 0 at each record's first
@@ -42,7 +44,7 @@ use cudarc::driver::{
 
 use super::{Backend, Dir, Norm, Precision, View};
 use crate::model::{weights::Mamba, Model};
-use module::{guarded, Kernels};
+use module::{guarded, Kernels, Sizes};
 
 /// Positions per chunk. The per-chunk intermediates take about (4.5·d_inner + dt_rank +
 /// 2·d_state)·4 B per row (~300 MB at 32768 rows for d_model 256); on an H100, 32768 ran
@@ -59,6 +61,8 @@ const SHARE_BYTES: usize = 1 << 30;
 /// faster than 32768 at 131,072 bases on an H100, and only contexts within SHARE_BYTES get
 /// it. A chunk chosen explicitly (`with_chunk`, tests) is used by both paths.
 const SHARED_CHUNK: usize = 65536;
+/// (segment, channel) threads per SM the scan is sized for: enough segments to fill every SM.
+const SEG_THREADS: usize = 2048;
 /// Shortest scan segment: below this the sequential combine over segments starts to cost.
 const MIN_SEGMENT: usize = 32;
 /// Shared memory a scan block may use for its segment's B and C rows (the default limit).
@@ -130,22 +134,19 @@ struct Scratch {
     conv_in: CudaSlice<f32>,
     conv_out: CudaSlice<f32>,
     ssm: CudaSlice<f32>,
-    /// bf16 mode: in_proj's input rows [rows][d_model], and the conv output for x_proj,
-    /// then the gated scan output for out_proj [rows][d_inner] (one element otherwise).
-    u_h: CudaSlice<u16>,
+    /// bf16 mode: the conv output for x_proj, then the gated scan output for out_proj
+    /// [rows][d_inner] (one element otherwise).
     xc_h: CudaSlice<u16>,
 }
 
 /// Full-context buffers of a bidirectional layer whose two directions share `in_proj` and
 /// `out_proj` (tied weights): `[x | z]` once for the context, the two directions' gated
-/// outputs summed in `y` (and, in bf16 mode, written as bf16 to `y_h` by the second scan),
-/// and `in_proj`'s bf16 input `u_h`.
+/// outputs summed in `y` (and, in bf16 mode, written as bf16 to `y_h` by the second scan).
 struct Shared {
     rows: usize,
     xz: CudaSlice<f32>,
     y: CudaSlice<f32>,
     y_h: CudaSlice<u16>,
-    u_h: CudaSlice<u16>,
 }
 
 /// One direction's part in a shared-projection layer (see `Shared`).
@@ -201,6 +202,8 @@ struct ScanIo<'a> {
     packed: i32,
     half32: i32,
     acc_mode: i32,
+    /// scan_ends computes δ = dt_proj(δ_r) itself (no dt_proj GEMM ran).
+    fuse_dt: i32,
 }
 
 /// The buffers one chunk's scan reads and writes. `y_h` / `y_acc`: the shared layer's
@@ -237,6 +240,10 @@ pub struct Cuda {
     shared_chunk: usize,
     precision: Precision,
     scan: Scan,
+    /// scan_ends computes dt_proj itself (two-pass chunks of several segments).
+    fuse_dt: bool,
+    /// (segment, channel) threads per SM the scan's segments are sized for.
+    seg_threads: usize,
     /// cuBLAS refused FAST_16BF for dt_proj once: it runs in f32 from then on.
     no_fast_bf16: AtomicBool,
     sms: usize,
@@ -255,6 +262,15 @@ pub struct Cuda {
     no_records: CudaSlice<i32>,
     /// Stands in for the shared output when a direction runs alone.
     no_acc: CudaSlice<f32>,
+}
+
+/// (segment, channel) threads per SM that segment lengths aim for; `DNA_MAMBA_SEG_THREADS`
+/// overrides it for measurements (bench sweeps).
+fn seg_threads() -> Result<usize> {
+    match std::env::var("DNA_MAMBA_SEG_THREADS") {
+        Err(_) => Ok(SEG_THREADS),
+        Ok(v) => v.parse().ok().filter(|&n: &usize| n > 0).ok_or_else(|| anyhow!("DNA_MAMBA_SEG_THREADS={v}: expected a positive integer")),
+    }
 }
 
 fn grid(items: usize, threads: u32) -> LaunchConfig {
@@ -304,7 +320,8 @@ impl Cuda {
         let stream = ctx.new_stream()?;
         let blas = CudaBlas::new(stream.clone()).context("cuBLAS")?;
         let cfg = &model.config;
-        let k = Kernels::load(&ctx, cfg.d_state, cfg.d_conv)?;
+        let sizes = Sizes { d_state: cfg.d_state, d_conv: cfg.d_conv, d_inner: cfg.d_inner(), dt_rank: cfg.dt_rank() };
+        let k = Kernels::load(&ctx, sizes)?;
         let sms = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as usize;
         let (major, minor) = ctx.compute_capability()?;
         let prec = match precision {
@@ -333,7 +350,10 @@ impl Cuda {
             } else {
                 None
             };
-            let a2: Vec<f32> = m.a.iter().map(|a| a * std::f32::consts::LOG2_E).collect();
+            // no larger than -FLT_MIN, so that an infinite Δ (a packed record's first step, see
+            // reset_gate in kernels/scan.cu) gives decay 0 even where A is 0; exp2 of a finite
+            // Δ times -FLT_MIN is exactly 1, as for A = 0
+            let a2: Vec<f32> = m.a.iter().map(|a| (a * std::f32::consts::LOG2_E).min(-f32::MIN_POSITIVE)).collect();
             Ok(DevMamba {
                 in_proj: proj(&m.in_proj)?,
                 out_proj: proj(&m.out_proj)?,
@@ -370,6 +390,8 @@ impl Cuda {
             shared_chunk: if chunk == DEFAULT_CHUNK { SHARED_CHUNK } else { chunk },
             precision,
             scan: Scan::from_env()?,
+            fuse_dt: sizes.fuse_dt(),
+            seg_threads: seg_threads()?,
             no_fast_bf16: AtomicBool::new(false),
             sms,
             label,
@@ -398,12 +420,12 @@ impl Cuda {
     fn shared_row_bytes(&self) -> usize {
         let cfg = &self.model.config;
         let half = self.precision == Precision::Bf16;
-        12 * cfg.d_inner() + if half { 2 * cfg.d_inner() + 2 * cfg.d_model } else { 0 }
+        12 * cfg.d_inner() + if half { 2 * cfg.d_inner() } else { 0 }
     }
 
     fn shared_scratch<'a>(&self, slot: &'a mut Option<Shared>, rows: usize) -> Result<&'a mut Shared> {
         let cfg = &self.model.config;
-        let (d, di) = (cfg.d_model, cfg.d_inner());
+        let di = cfg.d_inner();
         let half = self.precision == Precision::Bf16;
         if slot.as_ref().is_none_or(|s| s.rows < rows) {
             *slot = None;
@@ -413,7 +435,6 @@ impl Cuda {
                 xz: self.stream.alloc_zeros::<f32>(rows * 2 * di)?,
                 y: self.stream.alloc_zeros::<f32>(rows * di)?,
                 y_h: zh(rows * di)?,
-                u_h: zh(rows * d)?,
             });
         }
         Ok(slot.as_mut().expect("allocated above"))
@@ -500,6 +521,36 @@ impl Cuda {
         .context("cuBLAS bf16 GEMM")
     }
 
+    /// `[x | z] = u · W_inᵀ` in bf16 mode for `rows` rows from row `r0`, where `u` is the
+    /// view's column block of `input` as `rms_norm` left it there: bf16, packed in the first
+    /// half of each row's bytes (`[rows][width]` bf16 at the buffer's start).
+    fn in_proj_bf16(&self, w: &CudaSlice<u16>, input: &CudaBuf, r0: usize, col: usize, rows: usize, xz: &mut CudaSlice<f32>) -> Result<()> {
+        let cfg = &self.model.config;
+        let (d, di) = (cfg.d_model, cfg.d_inner());
+        ensure!((r0 + rows) * input.width <= input.data.len() && col + d <= input.width, "in_proj: rows out of range");
+        let (base, _g) = input.data.device_ptr(&self.stream);
+        let a = base + ((r0 * input.width + col) * 2) as u64;
+        let (cp, _c) = xz.device_ptr_mut(&self.stream);
+        // SAFETY: rows rows of width bf16 values from row r0 lie in the first half of the
+        // f32 buffer (checked); xz holds rows >= `rows` of 2·di (the callers' scratch).
+        unsafe {
+            self.gemm_ex(
+                cudaDataType_t::CUDA_R_16BF,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                (self.weight_ptr(w), 2 * di, d),
+                (a, input.width, rows),
+                (cp, 2 * di),
+                0.0,
+            )
+        }
+        .context("cuBLAS bf16 GEMM (in_proj)")
+    }
+
+    fn weight_ptr(&self, w: &CudaSlice<u16>) -> u64 {
+        // event tracking is off, so the guard only holds the pointer
+        w.device_ptr(&self.stream).0
+    }
+
     /// `linear` for f32 operands that cuBLAS rounds to bf16 on the fly (FAST_16BF compute
     /// type, f32 accumulation): dt_proj, whose input is a column block of x_proj's output.
     /// Falls back to f32 for good if cuBLAS refuses.
@@ -584,7 +635,7 @@ impl Cuda {
 
     fn scratch<'a>(&self, slot: &'a mut Option<Scratch>, rows: usize) -> Result<&'a mut Scratch> {
         let cfg = &self.model.config;
-        let (d, di, n) = (cfg.d_model, cfg.d_inner(), cfg.d_state);
+        let (di, n) = (cfg.d_inner(), cfg.d_state);
         let nx = cfg.dt_rank() + 2 * n;
         let half = self.precision == Precision::Bf16;
         if slot.as_ref().is_none_or(|s| s.rows < rows) {
@@ -603,7 +654,6 @@ impl Cuda {
                 conv_in: z((cfg.d_conv - 1) * di)?,
                 conv_out: z((cfg.d_conv - 1) * di)?,
                 ssm: z(di * n)?,
-                u_h: zh(rows * d)?,
                 xc_h: zh(rows * di)?,
             });
         }
@@ -617,13 +667,16 @@ impl Cuda {
     /// 1.7x slower on an H200: the scan needs the occupancy.)
     fn segment_len(&self, t: usize) -> usize {
         let cfg = &self.model.config;
-        let want_segments = (self.sms * 2048).div_ceil(cfg.d_inner()).max(1);
+        let want_segments = (self.sms * self.seg_threads).div_ceil(cfg.d_inner()).max(1);
         t.div_ceil(want_segments).max(self.shortest_segment()).min(self.longest_segment())
     }
 
     /// Longest segment whose B and C rows and reset flags fit the scan's shared memory.
     fn longest_segment(&self) -> usize {
-        (SCAN_SMEM / ((2 * self.model.config.d_state + 1) * 4)).max(1)
+        let cfg = &self.model.config;
+        // scan_output stages [B | C], scan_ends B or, fusing dt_proj, [δ_r | B]
+        let row = (2 * cfg.d_state).max(if self.fuse_dt { cfg.dt_rank() + cfg.d_state } else { 0 });
+        (SCAN_SMEM / ((row + 1) * 4)).max(1)
     }
 
     fn shortest_segment(&self) -> usize {
@@ -695,11 +748,12 @@ impl Cuda {
             let mut b = self.stream.launch_builder(&self.k.scan_ends);
             b.arg(&*x).arg(&mut *delta).arg(dbc).arg(&m.a2).arg(&m.dt_b).arg(&mut *h).arg(&mut *dsum);
             b.arg(&io.t32).arg(&io.di32).arg(&io.nx32).arg(&io.rk32).arg(&io.seg32).arg(&io.rev32);
-            b.arg(io.rec).arg(&io.r0_64).arg(&io.len64).arg(&io.packed);
+            b.arg(io.rec).arg(&io.r0_64).arg(&io.len64).arg(&io.packed).arg(&m.dt_w).arg(&io.fuse_dt);
             // SAFETY: nseg·seg covers t rows of the t-row intermediates; h and dsum hold
             // ceil(rows / shortest segment) >= nseg segments; shared memory holds seg rows
-            // of B and seg flags.
-            unsafe { b.launch((g.seg)(n, g.nseg)) }?;
+            // of B (with fuse_dt: of [δ_r | B]) and seg flags; dt_w is di·dt_rank.
+            let width = if io.fuse_dt != 0 { self.model.config.dt_rank() + n } else { n };
+            unsafe { b.launch((g.seg)(width, g.nseg)) }?;
             let carry_in = 1i32;
             let mut b = self.stream.launch_builder(&self.k.scan_combine);
             b.arg(&mut *h).arg(&*dsum).arg(&m.a2).arg(&mut *ssm).arg(&io.nseg32).arg(&io.di32).arg(&carry_in);
@@ -774,7 +828,6 @@ impl Cuda {
             (None, true) => anyhow::bail!("channel-flipped view on a model without RCPS"),
         };
         let (di32, nx32, rk32) = (i32_of(di, "d_inner")?, i32_of(nx, "x_proj rows")?, i32_of(rk, "dt_rank")?);
-        let d32 = i32_of(d, "d_model")?;
         let rev32 = view.backward as i32;
         let half = self.precision == Precision::Bf16;
         let half32 = half as i32;
@@ -816,20 +869,15 @@ impl Cuda {
             let r0 = if view.backward { len - start - t } else { start };
             let r0_64 = r0 as i64;
 
-            // [x | z] = u · W_inᵀ, straight from the stream's column block (bf16: through a
-            // converted copy of the block)
-            let u = input.data.slice(r0 * w_in + view.col..);
+            // [x | z] = u · W_inᵀ, straight from the stream's column block (bf16: the block as
+            // rms_norm wrote it in bf16)
             match in_proj {
                 _ if shared.is_some() => {}
-                Weight::F32(w) => self.linear(w, 2 * di, d, &u, w_in, t, &mut s.xz.slice_mut(..), 2 * di, 0.0)?,
-                Weight::Bf16(w) => {
-                    let mut b = self.stream.launch_builder(&self.k.rows_to_bf16);
-                    b.arg(&u).arg(&w_in).arg(&mut s.u_h).arg(&t).arg(&d32);
-                    // SAFETY: t rows of d values from row r0 at stride w_in lie within the
-                    // input (view checked above); u_h holds scratch rows >= t of d values.
-                    unsafe { b.launch(grid(t * d, 256)) }?;
-                    self.linear_bf16(w, 2 * di, d, &s.u_h, d, t, &mut s.xz, 2 * di, 0.0)?;
+                Weight::F32(w) => {
+                    let u = input.data.slice(r0 * w_in + view.col..);
+                    self.linear(w, 2 * di, d, &u, w_in, t, &mut s.xz.slice_mut(..), 2 * di, 0.0)?
                 }
+                Weight::Bf16(w) => self.in_proj_bf16(w, input, r0, view.col, t, &mut s.xz)?,
             }
 
             let xz = match &shared {
@@ -846,20 +894,23 @@ impl Cuda {
             unsafe { b.launch(grid((t.div_ceil(CONV_RUN) + cfg.d_conv - 1) * di, 256)) }?;
             std::mem::swap(&mut s.conv_in, &mut s.conv_out);
 
-            // [δ | B | C] = x · W_xᵀ;  δ · W_dtᵀ (the bias and softplus are applied in the scan)
+            // [δ | B | C] = x · W_xᵀ;  δ · W_dtᵀ (the bias and softplus are applied in the scan,
+            // and so is dt_proj itself where scan_ends runs and can: `fuse_dt`)
             match &m.x_proj {
                 Weight::F32(w) => self.linear(w, nx, di, &s.xc.slice(..), di, t, &mut s.dbc.slice_mut(..), nx, 0.0)?,
                 Weight::Bf16(w) => self.linear_bf16(w, nx, di, &s.xc_h, di, t, &mut s.dbc, nx, 0.0)?,
             }
-            if half {
-                self.linear_fast_bf16(&m.dt_w, di, rk, &s.dbc.slice(..), nx, t, &mut s.delta.slice_mut(..), di, 0.0)?;
-            } else {
-                self.linear(&m.dt_w, di, rk, &s.dbc.slice(..), nx, t, &mut s.delta.slice_mut(..), di, 0.0)?;
-            }
-
             let seg = self.segment_len(t);
             let nseg = t.div_ceil(seg);
             ensure!(nseg <= 65535, "scan: too many segments");
+            let fuse_dt = self.fuse_dt && self.scan == Scan::TwoPass && nseg > 1;
+            if !fuse_dt {
+                if half {
+                    self.linear_fast_bf16(&m.dt_w, di, rk, &s.dbc.slice(..), nx, t, &mut s.delta.slice_mut(..), di, 0.0)?;
+                } else {
+                    self.linear(&m.dt_w, di, rk, &s.dbc.slice(..), nx, t, &mut s.delta.slice_mut(..), di, 0.0)?;
+                }
+            }
             let (seg32, nseg32) = (seg as i32, nseg as i32);
             let threads = di.next_multiple_of(32).min(128) as u32;
             let acc_mode: i32 = match &shared {
@@ -871,7 +922,7 @@ impl Cuda {
                 Some(p) => (Some(p.y.slice_mut(r0 * di..)), (half && !p.first).then(|| p.y_h.slice_mut(r0 * di..))),
                 None => (None, None),
             };
-            let io = ScanIo { t32, di32, nx32, rk32, seg32, nseg32, rev32, rec, r0_64, len64, packed, half32, acc_mode };
+            let io = ScanIo { t32, di32, nx32, rk32, seg32, nseg32, rev32, rec, r0_64, len64, packed, half32, acc_mode, fuse_dt: fuse_dt as i32 };
             let bufs = ScanBufs {
                 x: &mut s.xc,
                 delta: &mut s.delta,
@@ -981,10 +1032,13 @@ impl Backend for Cuda {
         let halves = i32_of(src.width / d, "halves")?;
         let di = i32_of(d, "d_model")?;
         let eps = cfg.norm_epsilon;
+        // bf16 mode: a layer's normalized stream is read only by in_proj, as bf16: written so
+        // (packed in the first half of dst's bytes, `in_proj_bf16`), it needs no conversion pass
+        let half = (self.precision == Precision::Bf16 && matches!(norm, Norm::Layer(_))) as i32;
         let mut b = self.stream.launch_builder(&self.k.rms_norm);
-        b.arg(&src.data).arg(&mut dst.data).arg(w).arg(&len).arg(&di).arg(&halves).arg(&eps);
+        b.arg(&src.data).arg(&mut dst.data).arg(w).arg(&len).arg(&di).arg(&halves).arg(&eps).arg(&half);
         // SAFETY: len rows of the common width are within both buffers (checked); one warp
-        // per (row, half) reads the d-element weight.
+        // per (row, half) reads the d-element weight; bf16 output takes half the bytes.
         unsafe { b.launch(grid(len * halves as usize * 32, 256)) }?;
         Ok(())
     }
@@ -1026,15 +1080,7 @@ impl Backend for Cuda {
         let u = input.data.slice(view.col..);
         match in_proj {
             Weight::F32(w) => self.linear(w, 2 * di, d, &u, w_in, len, &mut sh.xz.slice_mut(..), 2 * di, 0.0)?,
-            Weight::Bf16(w) => {
-                let d32 = i32_of(d, "d_model")?;
-                let mut b = self.stream.launch_builder(&self.k.rows_to_bf16);
-                b.arg(&u).arg(&w_in).arg(&mut sh.u_h).arg(&len).arg(&d32);
-                // SAFETY: len rows of d values at stride w_in lie within the input (view
-                // checked above); u_h holds >= len rows of d values.
-                unsafe { b.launch(grid(len * d, 256)) }?;
-                self.linear_bf16(w, 2 * di, d, &sh.u_h, d, len, &mut sh.xz, 2 * di, 0.0)?;
-            }
+            Weight::Bf16(w) => self.in_proj_bf16(w, input, 0, view.col, len, &mut sh.xz)?,
         }
         for (m, v, first) in [(fwd, view, true), (rev, back, false)] {
             let pass = SharedPass { xz: &sh.xz, y: &mut sh.y, y_h: &mut sh.y_h, first };

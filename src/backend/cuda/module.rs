@@ -57,22 +57,26 @@ pub fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     }
 }
 
-type Key = (&'static str, (i32, i32), usize, usize);
+/// (file, compute capability, the model sizes compiled in: d_state, d_conv, d_inner, dt_rank)
+type Key = (&'static str, (i32, i32), [usize; 4]);
 
-/// PTX per (file, compute capability, d_state, d_conv): compiled once per process.
-fn ptx((file, src): (&'static str, &str), cc: (i32, i32), d_state: usize, d_conv: usize) -> Result<Ptx> {
+/// PTX per `Key`: compiled once per process.
+fn ptx((file, src): (&'static str, &str), cc: (i32, i32), sizes: Sizes) -> Result<Ptx> {
     static CACHE: OnceLock<Mutex<HashMap<Key, String>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    let key = (file, cc, d_state, d_conv);
+    let key = (file, cc, [sizes.d_state, sizes.d_conv, sizes.d_inner, sizes.dt_rank]);
     if let Some(ptx) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return Ok(Ptx::from_src(ptx.clone()));
     }
     let opts = CompileOptions {
         options: vec![
             format!("--gpu-architecture=sm_{}{}", cc.0, cc.1),
-            // the scan's state and the conv window live in registers: sizes fixed at compile time
-            format!("-DD_STATE={d_state}"),
-            format!("-DD_CONV={d_conv}"),
+            // the scan's state and the conv window live in registers, and the scan's row
+            // strides are immediates: sizes fixed at compile time
+            format!("-DD_STATE={}", sizes.d_state),
+            format!("-DD_CONV={}", sizes.d_conv),
+            format!("-DD_INNER={}", sizes.d_inner),
+            format!("-DDT_RANK={}", sizes.dt_rank),
             "--std=c++17".into(),
         ],
         ..Default::default()
@@ -87,12 +91,28 @@ fn ptx((file, src): (&'static str, &str), cc: (i32, i32), d_state: usize, d_conv
     Ok(ptx)
 }
 
+/// The model sizes the kernels are compiled for.
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    pub d_state: usize,
+    pub d_conv: usize,
+    pub d_inner: usize,
+    pub dt_rank: usize,
+}
+
+impl Sizes {
+    /// Whether scan_ends computes dt_proj itself (FUSE_DT in kernels/scan.cu): δ_r and the
+    /// channel's dt_proj row fit its registers and are read as float4.
+    pub fn fuse_dt(&self) -> bool {
+        self.dt_rank <= 16 && self.dt_rank.is_multiple_of(4) && self.d_state.is_multiple_of(4)
+    }
+}
+
 /// The kernels of `kernels/*.cu`, loaded into one context.
 pub struct Kernels {
     pub embed: CudaFunction,
     pub swap_halves: CudaFunction,
     pub rms_norm: CudaFunction,
-    pub rows_to_bf16: CudaFunction,
     pub sum_rows: CudaFunction,
     pub conv_silu: CudaFunction,
     pub scan_ends: CudaFunction,
@@ -103,16 +123,15 @@ pub struct Kernels {
 }
 
 impl Kernels {
-    pub fn load(ctx: &Arc<CudaContext>, d_state: usize, d_conv: usize) -> Result<Self> {
+    pub fn load(ctx: &Arc<CudaContext>, sizes: Sizes) -> Result<Self> {
         let cc = ctx.compute_capability()?;
-        let load = |file| ctx.load_module(ptx(file, cc, d_state, d_conv)?).map_err(anyhow::Error::from);
+        let load = |file| ctx.load_module(ptx(file, cc, sizes)?).map_err(anyhow::Error::from);
         let (stream, conv, scan) = (load(STREAM)?, load(CONV)?, load(SCAN)?);
         let f = |m: &Arc<CudaModule>, name: &str| m.load_function(name).map_err(|e| anyhow!("kernel {name}: {e}"));
         Ok(Kernels {
             embed: f(&stream, "embed")?,
             swap_halves: f(&stream, "swap_halves")?,
             rms_norm: f(&stream, "rms_norm")?,
-            rows_to_bf16: f(&stream, "rows_to_bf16")?,
             sum_rows: f(&stream, "sum_rows")?,
             conv_silu: f(&conv, "conv_silu")?,
             scan_ends: f(&scan, "scan_ends")?,

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# GPU engine v2, stage 2 (scan instruction diet, dt_proj in the scan, bf16 norm output): tests,
+# sanitizer, forward-only sweeps, CLI benchmarks and a per-kernel profile in one device call.
+# Run from the repository root on the GPU machine with the carried folder G holding cuda-tests
+# (cargo test --release --test cuda --no-run) and dna-mamba.
+# usage: scripts/gpu-stage2.sh G [tests] [sanitize] [sweep] [cli] [ncu] [detail]
+set -o pipefail
+G=$1; shift
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+# the test executable looks for its fixtures under the checkout it was built in
+mkdir -p /work && [ -e /work/main ] || ln -sfn "$PWD" /work/main
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv | tee "$OUT/gpu.txt"
+for step in "$@"; do case $step in
+tests)
+    # the whole log goes to the file; the summary is read from it afterwards (a pipe into head
+    # would end the tests early)
+    "$G/cuda-tests" --test-threads 4 --nocapture > "$OUT/tests.log" 2>&1
+    grep -E "test result|FAILED|panicked" "$OUT/tests.log" ;;
+sanitize)
+    for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
+        compute-sanitizer --tool $tool "$G/cuda-tests" --test-threads 1 one_pass_scan_small_shapes 2>&1 \
+            | tee "$OUT/sanitize-$tool.log" | grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test result"
+    done ;;
+sweep)
+    for st in ${SEG_SWEEP:-2048 1024 640}; do
+        DNA_MAMBA_SEG_THREADS=$st "$G/cuda-tests" --ignored --nocapture bench_forward 2>&1 | grep -E "^\|"
+    done | tee "$OUT/sweep.log" ;;
+cli)
+    python3 scripts/random-model.py /tmp/m/ph > /dev/null && python3 scripts/bench-inputs.py /tmp/d
+    for prec in bf16 f32; do
+        DNA_MAMBA=$G/dna-mamba scripts/bench-gpu.sh "$prec-8x131k" /tmp/d/r8x131k.fa -m /tmp/m/ph --strand fwd --precision $prec -o /dev/null
+        DNA_MAMBA=$G/dna-mamba scripts/bench-gpu.sh "$prec-1m" /tmp/d/r1m.fa -m /tmp/m/ph --strand fwd --precision $prec --context 1048576 -o /dev/null
+    done 2>&1 | tee "$OUT/cli.log"
+    DNA_MAMBA=$G/dna-mamba scripts/bench-gpu.sh bf16-reads1m /tmp/d/reads150_1m.fa -m /tmp/m/ph --strand fwd --precision bf16 -o /dev/null 2>&1 | tee -a "$OUT/cli.log" ;;
+ncu)
+    for prec in bf16 f32; do
+        DNA_MAMBA_PROFILE_PRECISION=$prec ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
+            "$G/cuda-tests" --ignored --nocapture profile_one_layer > "/tmp/ncu-$prec.csv" 2>&1
+        python3 - "/tmp/ncu-$prec.csv" <<'PY'
+import csv, sys, collections
+rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"'))]
+h = rows[0]; k = h.index("Kernel Name"); v = h.index("Metric Value")
+t = collections.defaultdict(float)
+for r in rows[1:]:
+    t[r[k].split("(")[0][:50]] += float(r[v].replace(",", "")) / 1e6
+print(sys.argv[1].split("/")[-1], "total=%.3fms" % sum(t.values()))
+for n, ms in sorted(t.items(), key=lambda x: -x[1]): print(f"  {ms:.3f} ms  {n}")
+PY
+    done 2>&1 | tee "$OUT/ncu.log" ;;
+detail)
+    OUT=$OUT scripts/ncu-detail.sh kernels ;;
+esac; done
