@@ -31,7 +31,7 @@ cli)
         DNA_MAMBA=$G/dna-mamba scripts/bench-gpu.sh "$prec-8x131k" /tmp/d/r8x131k.fa -m /tmp/m/ph --strand fwd --precision $prec -o /dev/null
         DNA_MAMBA=$G/dna-mamba scripts/bench-gpu.sh "$prec-1m" /tmp/d/r1m.fa -m /tmp/m/ph --strand fwd --precision $prec --context 1048576 -o /dev/null
     done 2>&1 | tee "$OUT/cli.log"
-    DNA_MAMBA=$G/dna-mamba scripts/bench-gpu.sh bf16-reads1m /tmp/d/reads150_1m.fa -m /tmp/m/ph --strand fwd --precision bf16 -o /dev/null 2>&1 | tee -a "$OUT/cli.log" ;;
+    [ -n "$NO_READS" ] || DNA_MAMBA=$G/dna-mamba scripts/bench-gpu.sh bf16-reads1m /tmp/d/reads150_1m.fa -m /tmp/m/ph --strand fwd --precision bf16 -o /dev/null 2>&1 | tee -a "$OUT/cli.log" ;;
 ncu)
     for prec in bf16 f32; do
         DNA_MAMBA_PROFILE_PRECISION=$prec ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \

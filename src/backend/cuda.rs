@@ -104,11 +104,12 @@ enum Weight {
 
 /// One mixer's weights on the device.
 struct DevMamba {
-    in_proj: Weight,
-    out_proj: Weight,
+    /// Shared with the layer's other direction where the checkpoint ties them.
+    in_proj: Arc<Weight>,
+    out_proj: Arc<Weight>,
     /// For views with flipped channels (RCPS second half): `in_proj` with its columns
     /// reversed and `out_proj` with its rows reversed.
-    flipped: Option<(Weight, Weight)>,
+    flipped: Option<(Arc<Weight>, Arc<Weight>)>,
     conv_w: CudaSlice<f32>,
     conv_b: CudaSlice<f32>,
     x_proj: Weight,
@@ -341,22 +342,30 @@ impl Cuda {
                 }
             })
         };
-        let dev_mamba = |m: &Mamba| -> Result<DevMamba> {
+        // `tied`: the forward mixer of a layer whose reverse one is `m` with the same in/out
+        // projections (Caduceus ties them): uploaded once
+        let dev_mamba = |m: &Mamba, tied: Option<&DevMamba>| -> Result<DevMamba> {
             let (d, di) = (cfg.d_model, cfg.d_inner());
-            let flipped = if cfg.rcps {
-                let in_flip: Vec<f32> = m.in_proj.chunks(d).flat_map(|row| row.iter().rev().copied()).collect();
-                let out_flip: Vec<f32> = m.out_proj.chunks(di).rev().flatten().copied().collect();
-                Some((proj(&in_flip)?, proj(&out_flip)?))
-            } else {
-                None
+            let (in_proj, out_proj, flipped) = match tied {
+                Some(f) => (f.in_proj.clone(), f.out_proj.clone(), f.flipped.clone()),
+                None => {
+                    let flipped = if cfg.rcps {
+                        let in_flip: Vec<f32> = m.in_proj.chunks(d).flat_map(|row| row.iter().rev().copied()).collect();
+                        let out_flip: Vec<f32> = m.out_proj.chunks(di).rev().flatten().copied().collect();
+                        Some((Arc::new(proj(&in_flip)?), Arc::new(proj(&out_flip)?)))
+                    } else {
+                        None
+                    };
+                    (Arc::new(proj(&m.in_proj)?), Arc::new(proj(&m.out_proj)?), flipped)
+                }
             };
             // no larger than -FLT_MIN, so that an infinite Δ (a packed record's first step, see
             // reset_gate in kernels/scan.cu) gives decay 0 even where A is 0; exp2 of a finite
             // Δ times -FLT_MIN is exactly 1, as for A = 0
             let a2: Vec<f32> = m.a.iter().map(|a| (a * std::f32::consts::LOG2_E).min(-f32::MIN_POSITIVE)).collect();
             Ok(DevMamba {
-                in_proj: proj(&m.in_proj)?,
-                out_proj: proj(&m.out_proj)?,
+                in_proj,
+                out_proj,
                 flipped,
                 conv_w: up(&m.conv_w)?,
                 conv_b: up(&m.conv_b)?,
@@ -370,7 +379,15 @@ impl Cuda {
         let mut mixers = Vec::with_capacity(cfg.n_layer);
         let mut norms = Vec::with_capacity(cfg.n_layer);
         for l in &w.layers {
-            mixers.push((dev_mamba(&l.fwd)?, l.rev.as_ref().map(dev_mamba).transpose()?));
+            let fwd = dev_mamba(&l.fwd, None)?;
+            let rev = match &l.rev {
+                Some(r) => {
+                    let tied = Arc::ptr_eq(&l.fwd.in_proj, &r.in_proj) && Arc::ptr_eq(&l.fwd.out_proj, &r.out_proj);
+                    Some(dev_mamba(r, tied.then_some(&fwd))?)
+                }
+                None => None,
+            };
+            mixers.push((fwd, rev));
             norms.push(up(&l.norm)?);
         }
         let complement: Vec<i32> = w.complement.iter().map(|&c| c as i32).collect();
@@ -823,8 +840,8 @@ impl Cuda {
             return Ok(());
         }
         let (in_proj, out_proj) = match (&m.flipped, view.flip_channels) {
-            (_, false) => (&m.in_proj, &m.out_proj),
-            (Some((i, o)), true) => (i, o),
+            (_, false) => (&*m.in_proj, &*m.out_proj),
+            (Some((i, o)), true) => (&**i, &**o),
             (None, true) => anyhow::bail!("channel-flipped view on a model without RCPS"),
         };
         let (di32, nx32, rk32) = (i32_of(di, "d_inner")?, i32_of(nx, "x_proj rows")?, i32_of(rk, "dt_rank")?);
@@ -1070,8 +1087,8 @@ impl Backend for Cuda {
         ensure!(len <= input.rows && len <= acc.rows, "mixer: rows out of range");
         let (fwd, rev) = (self.dev_mamba(layer, Dir::Fwd)?, self.dev_mamba(layer, Dir::Rev)?);
         let (in_proj, out_proj) = match (&fwd.flipped, view.flip_channels) {
-            (_, false) => (&fwd.in_proj, &fwd.out_proj),
-            (Some((i, o)), true) => (i, o),
+            (_, false) => (&*fwd.in_proj, &*fwd.out_proj),
+            (Some((i, o)), true) => (&**i, &**o),
             (None, true) => anyhow::bail!("channel-flipped view on a model without RCPS"),
         };
         let mut guard = self.shared.lock().unwrap_or_else(|e| e.into_inner());
