@@ -21,16 +21,19 @@
 #define D_CONV 4
 #endif
 #define RUN 8
+#ifndef D_INNER
+#define D_INNER 512
+#endif
 
-__device__ __forceinline__ float silu(float v) { return v / (1.0f + expf(-v)); }
+// __expf/__fdividef as in kernels/scan.cu (within a few ulp; 0 below v = -87)
+__device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.0f + __expf(-v)); }
 
-// f32 -> bf16 bits, round to nearest even (NaN stays NaN).
+// f32 -> bf16 bits, round to nearest even (NaN stays NaN): one cvt instruction.
 __device__ __forceinline__ unsigned short to_bf16(float f)
 {
-    unsigned int u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (unsigned short)(u >> 16);
+    unsigned short r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
+    return r;
 }
 
 // Storage row of time step `src` relative to the chunk (may be outside 0..t).
@@ -47,14 +50,54 @@ __device__ __forceinline__ float conv_input(const float* __restrict__ xz, const 
     return xz[(size_t)local_row(src, t, rev) * 2 * (size_t)di + c];
 }
 
-// Record of time step `src`: -1 outside the context (whose inputs are zeros anyway).
-__device__ __forceinline__ int record_of(const int* __restrict__ rec, long long src, int t, int rev,
-                                         long long r0, long long len)
+// One thread's RUN steps of channel c from step j0, walking as REV says. `rows` of the chunk's
+// xz hold t steps; state_in the D_CONV-1 inputs before step 0.
+template <int REV, int PACKED>
+__device__ __forceinline__ void conv_run(const float* __restrict__ xz, float* __restrict__ xc,
+                                         unsigned short* __restrict__ xc_h,
+                                         const float* __restrict__ state_in,
+                                         const float* __restrict__ w, const float* __restrict__ b,
+                                         int t, int c, int j0, int half,
+                                         const int* __restrict__ rec, long long r0, long long len)
 {
-    const long long g = r0 + local_row(src, t, rev);
-    return (g >= 0 && g < len) ? rec[g] : -1;
+    float win[RUN + D_CONV - 1];
+    int wrec[RUN + D_CONV - 1];
+#pragma unroll
+    for (int m = 0; m < RUN + D_CONV - 1; ++m) {
+        const int src = j0 - (D_CONV - 1) + m;
+        const long long row = REV ? (long long)t - 1 - src : src;
+        if (src < 0) win[m] = state_in[(size_t)(D_CONV - 1 + src) * D_INNER + c];
+        else if (src < t) win[m] = xz[(size_t)row * 2 * D_INNER + c];
+        else win[m] = 0.0f;
+        if (PACKED) {
+            const long long g = r0 + row;
+            wrec[m] = (src < t && g >= 0 && g < len) ? rec[g] : -1;
+        }
+    }
+    float wc[D_CONV];
+#pragma unroll
+    for (int tap = 0; tap < D_CONV; ++tap) wc[tap] = w[(size_t)c * D_CONV + tap];
+    const float bias = b[c];
+#pragma unroll
+    for (int m = 0; m < RUN; ++m) {
+        const int j = j0 + m;
+        if (j < t) {
+            float acc = bias;
+#pragma unroll
+            for (int tap = 0; tap < D_CONV; ++tap) {
+                const float v = (!PACKED || wrec[m + tap] == wrec[m + D_CONV - 1]) ? win[m + tap] : 0.0f;
+                acc = fmaf(wc[tap], v, acc);
+            }
+            const size_t r = REV ? (size_t)(t - 1 - j) : (size_t)j;
+            const float o = silu(acc);
+            xc[r * D_INNER + c] = o;
+            if (half) xc_h[r * D_INNER + c] = to_bf16(o);
+        }
+    }
 }
 
+// Index math is 32-bit with D_INNER a compile-time constant (the host keeps the chunk's
+// (t / RUN + D_CONV) · d_inner below 2^31); row offsets are 64-bit.
 extern "C" __global__ void conv_silu(const float* __restrict__ xz,
                                      float* __restrict__ xc,
                                      unsigned short* __restrict__ xc_h,
@@ -66,49 +109,27 @@ extern "C" __global__ void conv_silu(const float* __restrict__ xz,
                                      const int* __restrict__ rec, long long r0, long long len,
                                      int packed, int half)
 {
-    const size_t runs = ((size_t)t + RUN - 1) / RUN;
-    const size_t outputs = runs * di;
-    const size_t total = outputs + (size_t)(D_CONV - 1) * di;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x) {
+    const unsigned runs = ((unsigned)t + RUN - 1) / RUN;
+    const unsigned outputs = runs * D_INNER;
+    const unsigned total = outputs + (D_CONV - 1) * D_INNER;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
         if (i < outputs) {
-            const size_t q = i / di;
-            const int c = (int)(i - q * di);
-            const long long j0 = (long long)q * RUN;
-            float win[RUN + D_CONV - 1];
-            int wrec[RUN + D_CONV - 1];
-#pragma unroll
-            for (int m = 0; m < RUN + D_CONV - 1; ++m) {
-                const long long src = j0 - (D_CONV - 1) + m;
-                win[m] = src < t ? conv_input(xz, state_in, src, t, di, c, rev) : 0.0f;
-                wrec[m] = (packed && src < t) ? record_of(rec, src, t, rev, r0, len) : 0;
-            }
-            float wc[D_CONV];
-#pragma unroll
-            for (int tap = 0; tap < D_CONV; ++tap) wc[tap] = w[(size_t)c * D_CONV + tap];
-            const float bias = b[c];
-#pragma unroll
-            for (int m = 0; m < RUN; ++m) {
-                const long long j = j0 + m;
-                if (j < t) {
-                    float acc = bias;
-#pragma unroll
-                    for (int tap = 0; tap < D_CONV; ++tap) {
-                        const float v = wrec[m + tap] == wrec[m + D_CONV - 1] ? win[m + tap] : 0.0f;
-                        acc += wc[tap] * v;
-                    }
-                    const size_t r = (size_t)local_row(j, t, rev);
-                    const float o = silu(acc);
-                    xc[r * di + c] = o;
-                    if (half) xc_h[r * di + c] = to_bf16(o);
-                }
+            const int q = (int)(i / D_INNER);
+            const int c = (int)(i - (unsigned)q * D_INNER);
+            const int j0 = q * RUN;
+            if (packed) {
+                if (rev) conv_run<1, 1>(xz, xc, xc_h, state_in, w, b, t, c, j0, half, rec, r0, len);
+                else conv_run<0, 1>(xz, xc, xc_h, state_in, w, b, t, c, j0, half, rec, r0, len);
+            } else {
+                if (rev) conv_run<1, 0>(xz, xc, xc_h, state_in, w, b, t, c, j0, half, rec, r0, len);
+                else conv_run<0, 0>(xz, xc, xc_h, state_in, w, b, t, c, j0, half, rec, r0, len);
             }
         } else {
             // next state: the last D_CONV-1 inputs in time order
-            const size_t e = i - outputs;
-            const int h = (int)(e / di);
-            const int c = (int)(e - (size_t)h * di);
-            state_out[e] = conv_input(xz, state_in, (long long)t - (D_CONV - 1) + h, t, di, c, rev);
+            const unsigned e = i - outputs;
+            const int h = (int)(e / D_INNER);
+            const int c = (int)(e - (unsigned)h * D_INNER);
+            state_out[e] = conv_input(xz, state_in, (long long)t - (D_CONV - 1) + h, t, D_INNER, c, rev);
         }
     }
 }

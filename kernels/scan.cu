@@ -52,6 +52,9 @@
 // Steps per unrolled run of scan_ends / scan_output: the next run's inputs are loaded while
 // the current one is computed (latency hidden by ILP, so fewer warps are needed).
 #define RUN 4
+
+// The dynamic shared memory of every scan kernel (B, C and flags of a segment: see each kernel).
+extern __shared__ float4 smem4[];
 // dt_proj fused into scan_ends: δ_r and the channel's dt_proj row in registers, read as float4
 // (the host runs cuBLAS otherwise; the same condition is in src/backend/cuda.rs).
 #define FUSE_DT (DT_RANK <= 16 && DT_RANK % 4 == 0 && D_STATE % 4 == 0)
@@ -278,7 +281,6 @@ extern "C" __global__ void __launch_bounds__(128, 6) scan_ends(const float* __re
                                      const int* __restrict__ rec, long long row0, long long len, int packed,
                                      const float* __restrict__ dt_w, int fuse_dt)
 {
-    extern __shared__ float4 smem4[];
     float* bs = reinterpret_cast<float*>(smem4);
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     const int s = blockIdx.y;
@@ -443,6 +445,35 @@ __device__ __forceinline__ void output_walk(float* __restrict__ x, const float* 
 // already turned δ into Δ.
 // Dynamic shared memory: seg_len · (2·D_STATE + 1) floats (B and C of the segment's steps,
 // flags). At most 128 threads a block.
+__device__ __forceinline__ void scan_output_body(float* __restrict__ x,
+                                       const float* __restrict__ delta,
+                                       const float* __restrict__ dbc,
+                                       const float* __restrict__ xz,
+                                       const float* __restrict__ a2,
+                                       const float* __restrict__ dt_b,
+                                       const float* __restrict__ d_skip,
+                                       float* __restrict__ h_start,
+                                       int t, int di, int nx, int rk, int seg_len, int rev,
+                                       int delta_ready, int write_back,
+                                       const int* __restrict__ rec, long long row0, long long len, int packed,
+                                       unsigned short* __restrict__ y_h, int half,
+                                       float* __restrict__ y_acc, int acc_mode)
+{
+    float* bcs = reinterpret_cast<float*>(smem4);
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    const int s = blockIdx.y;
+    const int j0 = s * seg_len;
+    const int steps = min(seg_len, t - j0);
+    stage_rows(bcs, dbc, j0, steps, 2 * D_STATE, t, nx, rk, rev, rec, row0, len, packed);
+    const int* flags = reinterpret_cast<const int*>(bcs + steps * 2 * D_STATE);
+    if (c >= D_INNER) return;
+    if (rev) output_walk<1>(x, delta, bcs, flags, xz, a2, dt_b, d_skip, h_start, delta_ready, write_back, y_h, half, y_acc, acc_mode, c, s, j0, steps, t, packed);
+    else output_walk<0>(x, delta, bcs, flags, xz, a2, dt_b, d_skip, h_start, delta_ready, write_back, y_h, half, y_acc, acc_mode, c, s, j0, steps, t, packed);
+}
+
+// Two register budgets of the same kernel: 96 registers for 5 blocks per SM (no spills) and
+// 80 for 6 (8 bytes spilled), the default: 3% faster end to end on an H200 (BENCHMARKS.md,
+// stage 2); DNA_MAMBA_SCAN_OCC=5 selects the first.
 extern "C" __global__ void __launch_bounds__(128, 5) scan_output(float* __restrict__ x,
                                        const float* __restrict__ delta,
                                        const float* __restrict__ dbc,
@@ -457,17 +488,24 @@ extern "C" __global__ void __launch_bounds__(128, 5) scan_output(float* __restri
                                        unsigned short* __restrict__ y_h, int half,
                                        float* __restrict__ y_acc, int acc_mode)
 {
-    extern __shared__ float4 smem4[];
-    float* bcs = reinterpret_cast<float*>(smem4);
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    const int s = blockIdx.y;
-    const int j0 = s * seg_len;
-    const int steps = min(seg_len, t - j0);
-    stage_rows(bcs, dbc, j0, steps, 2 * D_STATE, t, nx, rk, rev, rec, row0, len, packed);
-    const int* flags = reinterpret_cast<const int*>(bcs + steps * 2 * D_STATE);
-    if (c >= D_INNER) return;
-    if (rev) output_walk<1>(x, delta, bcs, flags, xz, a2, dt_b, d_skip, h_start, delta_ready, write_back, y_h, half, y_acc, acc_mode, c, s, j0, steps, t, packed);
-    else output_walk<0>(x, delta, bcs, flags, xz, a2, dt_b, d_skip, h_start, delta_ready, write_back, y_h, half, y_acc, acc_mode, c, s, j0, steps, t, packed);
+    scan_output_body(x, delta, dbc, xz, a2, dt_b, d_skip, h_start, t, di, nx, rk, seg_len, rev, delta_ready, write_back, rec, row0, len, packed, y_h, half, y_acc, acc_mode);
+}
+
+extern "C" __global__ void __launch_bounds__(128, 6) scan_output_occ6(float* __restrict__ x,
+                                       const float* __restrict__ delta,
+                                       const float* __restrict__ dbc,
+                                       const float* __restrict__ xz,
+                                       const float* __restrict__ a2,
+                                       const float* __restrict__ dt_b,
+                                       const float* __restrict__ d_skip,
+                                       float* __restrict__ h_start,
+                                       int t, int di, int nx, int rk, int seg_len, int rev,
+                                       int delta_ready, int write_back,
+                                       const int* __restrict__ rec, long long row0, long long len, int packed,
+                                       unsigned short* __restrict__ y_h, int half,
+                                       float* __restrict__ y_acc, int acc_mode)
+{
+    scan_output_body(x, delta, dbc, xz, a2, dt_b, d_skip, h_start, t, di, nx, rk, seg_len, rev, delta_ready, write_back, rec, row0, len, packed, y_h, half, y_acc, acc_mode);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -519,7 +557,6 @@ extern "C" __global__ void __launch_bounds__(128, 8) scan_fused(float* __restric
                                       unsigned short* __restrict__ y_h, int half,
                                       float* __restrict__ y_acc, int acc_mode)
 {
-    extern __shared__ float4 smem4[];
     float* bcs = reinterpret_cast<float*>(smem4);
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     const int s = blockIdx.y;
@@ -622,7 +659,6 @@ extern "C" __global__ void __launch_bounds__(128, 6) scan_fix(float* __restrict_
                                     unsigned short* __restrict__ y_h, int half,
                                     float* __restrict__ y_acc, int acc_mode)
 {
-    extern __shared__ float4 smem4[];
     float* cs = reinterpret_cast<float*>(smem4);
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     const int s = blockIdx.y + 1;
