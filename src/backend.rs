@@ -88,6 +88,8 @@ pub trait Backend {
     }
     /// Copy rows `start..start + dst.len() / width` to host memory.
     fn read_rows(&self, buf: &Self::Buf, start: usize, dst: &mut [f32]) -> Result<()>;
+    /// Copy the first `len` rows of `src` into `dst` (same width), on the backend.
+    fn copy_rows(&self, src: &Self::Buf, dst: &mut Self::Buf, len: usize) -> Result<()>;
     /// Whether `set_records` works: several records packed into one context.
     fn supports_packing(&self) -> bool {
         false

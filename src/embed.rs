@@ -90,8 +90,18 @@ pub const PACK_BASES: usize = 131_072;
 pub type Query = (usize, usize, usize);
 
 /// `out += w ×` the hidden-state feature (`--strand` view) of a sum of hidden rows `h`:
-/// the feature is linear in the row, so sums map like rows.
+/// the feature is linear in the row, so sums map like rows. With several layers `h` and `out`
+/// hold one segment per layer, each mapped alike.
 fn add_hidden_feature(rcps: bool, strand: Strand, d: usize, h: &[f64], w: f64, out: &mut [f64]) {
+    // one layer's hidden width, and its feature's (an RCPS strand view folds the halves)
+    let hw = if rcps { 2 * d } else { d };
+    let fw = if rcps && strand != Strand::Fwd { d } else { hw };
+    if h.len() > hw {
+        for (hs, os) in h.chunks(hw).zip(out.chunks_mut(fw)) {
+            add_hidden_feature(rcps, strand, d, hs, w, os);
+        }
+        return;
+    }
     match (rcps, strand) {
         (true, Strand::Rc) => out.iter_mut().enumerate().for_each(|(c, o)| *o += w * h[2 * d - 1 - c]),
         (true, Strand::Both) => out.iter_mut().enumerate().for_each(|(c, o)| *o += w * 0.5 * (h[c] + h[2 * d - 1 - c])),
@@ -146,10 +156,21 @@ impl<B: Backend> Embedder<B> {
 
     /// Hidden states of layer `layer` instead of the final output (`Engine::set_layer`).
     pub fn set_layer(&mut self, layer: Option<usize>) -> Result<()> {
-        if layer.is_some() && self.feature != Feature::Hidden {
+        self.set_layers(layer.as_slice())
+    }
+
+    /// Hidden states of several layers from one pass (`Engine::set_layers`): each row is the
+    /// layers' feature rows side by side, `width()` = layers × the width of one.
+    pub fn set_layers(&mut self, layers: &[usize]) -> Result<()> {
+        if !layers.is_empty() && self.feature != Feature::Hidden {
             bail!("--layers gives hidden states: the masked-LM head reads the final layer only");
         }
-        self.engine.set_layer(layer)
+        self.engine.set_layers(layers)
+    }
+
+    /// Layers side by side in a row (1 without `set_layers`).
+    pub fn layers(&self) -> usize {
+        self.engine.layers()
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -164,8 +185,8 @@ impl<B: Backend> Embedder<B> {
     pub fn width(&self) -> usize {
         let cfg = &self.model.config;
         match (self.feature, self.strand) {
-            (Feature::Hidden, Strand::Fwd) => cfg.hidden_width(),
-            (Feature::Hidden, _) => cfg.d_model,
+            (Feature::Hidden, Strand::Fwd) => cfg.hidden_width() * self.layers(),
+            (Feature::Hidden, _) => cfg.d_model * self.layers(),
             (Feature::Logits, _) => 4,
             (Feature::RawLogits, _) => cfg.vocab_padded(),
         }
@@ -198,8 +219,16 @@ impl<B: Backend> Embedder<B> {
         }
     }
 
-    /// Feature row of one final hidden row (`rc`: the row came from the reverse-complement pass).
+    /// Feature row of one final hidden row (`rc`: the row came from the reverse-complement
+    /// pass); with several layers, of each layer's segment.
     fn feature_row(&self, hidden: &[f32], rc: bool, out: &mut [f32]) {
+        let layers = self.layers();
+        for (h, o) in hidden.chunks(hidden.len() / layers).zip(out.chunks_mut(out.len() / layers)) {
+            self.feature_row_one(h, rc, o);
+        }
+    }
+
+    fn feature_row_one(&self, hidden: &[f32], rc: bool, out: &mut [f32]) {
         let cfg = &self.model.config;
         let d = cfg.d_model;
         match self.feature {
@@ -311,7 +340,7 @@ impl<B: Backend> Embedder<B> {
         if queries.windows(2).any(|w| w[0].0 > w[1].0) {
             bail!("queries must be sorted by record");
         }
-        let hw = self.model.config.hidden_width();
+        let hw = self.engine.row_width();
         let pack = self.engine.supports_packing();
         let passes = self.passes();
         let mut first = 0;
@@ -383,7 +412,7 @@ impl<B: Backend> Embedder<B> {
     /// `progress` is called with the number of bases finished so far.
     pub fn record(&mut self, tokens: &[u8], sink: &mut dyn Sink, progress: &mut dyn FnMut(usize)) -> Result<()> {
         let width = self.width();
-        let hw = self.model.config.hidden_width();
+        let hw = self.engine.row_width();
         let passes = self.passes();
         let nonlinear = self.joins_nonlinearly(&passes);
         let hold = passes.len() > 1 && (!sink.linear() || nonlinear);

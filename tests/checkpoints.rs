@@ -250,7 +250,7 @@ fn plantcad_zero_shot_scores_match_the_reference() {
 
 /// `embed --layers i` gives the residual stream after block i (0: the embeddings) as the
 /// float64 reference computes it, for every layer of the PlantCaduceus fixture, through the
-/// per-position and pooled outputs; several layers in one run are refused for now.
+/// per-position and pooled outputs.
 #[test]
 fn layers_match_the_reference() {
     let inputs = fixture("plantcad/inputs.fa");
@@ -270,8 +270,60 @@ fn layers_match_the_reference() {
         let mean: Vec<f32> = (0..width).map(|c| want.chunks(width).map(|r| r[c]).sum::<f32>() / (want.len() / width) as f32).collect();
         assert!(rel_err(&pooled[1].1, &mean) < 1e-4, "layer {layer} pooled");
     }
-    let o = run(&["embed", &inputs, "--model", &m, "--layers", "1,2"]);
-    assert_clean_failure(&o, "two layers", "one layer per run");
     let o = run(&["embed", &inputs, "--model", &m, "--layers", "4"]);
     assert_clean_failure(&o, "past the last layer", "layers 0 (embeddings) to 3");
+}
+
+/// Several layers from one pass: `--layers 3,0,2` (any order, ascending in the output) gives
+/// the columns `l0.e*`, `l2.e*`, `l3.e*`, each block matching the float64 reference for its
+/// layer; pooled with `--strand both` (the PS fixture folds each layer's halves) each block is
+/// exactly the single-layer run's row; npy and safetensors get one array per layer (`ID.lL`).
+#[test]
+fn several_layers_in_one_pass() {
+    let inputs = fixture("plantcad/inputs.fa");
+    let m = fixture("plantcad");
+    let csv = ok(&["embed", &inputs, "--model", &m, "--pool", "none", "--strand", "fwd", "--layers", "3,0,2", "-q"]);
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let width = (header.len() - 2) / 3;
+    assert_eq!(header[2], "l0.e0");
+    assert_eq!(header[2 + width], "l2.e0");
+    assert_eq!(header[2 + 2 * width], "l3.e0");
+    assert_eq!(header.last(), Some(&format!("l3.e{}", width - 1).as_str()));
+    for (id, v) in per_record(&csv, 2).iter().filter(|(id, _)| id != "chr1") {
+        for (k, layer) in [0, 2, 3].into_iter().enumerate() {
+            let block: Vec<f32> = v.chunks(3 * width).flat_map(|r| r[k * width..(k + 1) * width].to_vec()).collect();
+            let (_, want) = expected("plantcad", &format!("{id}.layer{layer}"));
+            let e = rel_err(&block, &want);
+            assert!(e < 1e-4, "layer {layer} of --layers 3,0,2, {id}: off by {e:.2e}");
+        }
+    }
+    let both = rows(&ok(&["embed", &inputs, "--model", &m, "--strand", "both", "--layers", "1,3", "-q"]), 2);
+    for (k, layer) in ["1", "3"].into_iter().enumerate() {
+        let one = rows(&ok(&["embed", &inputs, "--model", &m, "--strand", "both", "--layers", layer, "-q"]), 2);
+        for ((id, v), (id1, v1)) in both.iter().zip(&one) {
+            assert_eq!(id, id1);
+            assert_eq!(&v[k * v1.len()..(k + 1) * v1.len()], &v1[..], "pooled layer {layer} of --layers 1,3, {id}");
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let st_path = tmp.path().join("h.safetensors");
+    ok(&["embed", &inputs, "--model", &m, "--pool", "none", "--strand", "fwd", "--layers", "0,2", "--format", "safetensors", "-o", st_path.to_str().unwrap(), "-q"]);
+    let bytes = std::fs::read(&st_path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ids: Vec<String> = per_record(&csv, 2).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(st.len(), 2 * ids.len());
+    for id in ids.iter().filter(|id| *id != "chr1") {
+        for layer in [0, 2] {
+            let t = st.tensor(&format!("{id}.l{layer}")).unwrap();
+            let got: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+            let (shape, want) = expected("plantcad", &format!("{id}.layer{layer}"));
+            assert_eq!(t.shape(), &shape[..]);
+            assert!(rel_err(&got, &want) < 1e-4, "safetensors {id}.l{layer}");
+        }
+    }
+    let npy = tmp.path().join("npy");
+    ok(&["embed", &inputs, "--model", &m, "--pool", "none", "--layers", "0,2", "--format", "npy", "-o", npy.to_str().unwrap(), "-q"]);
+    let index = std::fs::read_to_string(npy.join("index.csv")).unwrap();
+    assert_eq!(index.lines().count(), 1 + 2 * ids.len(), "{index}");
+    assert!(index.lines().any(|l| l.starts_with(&format!("{}.l2,", ids[0]))), "{index}");
 }

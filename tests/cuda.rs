@@ -173,7 +173,7 @@ fn random_tokens(len: usize, seed: u64) -> Vec<u8> {
 
 fn hidden<B: Backend>(engine: &mut Engine<B>, tokens: &[u8]) -> Vec<f32> {
     engine.run(tokens).unwrap();
-    let mut out = vec![f32::NAN; tokens.len() * engine.config().hidden_width()];
+    let mut out = vec![f32::NAN; tokens.len() * engine.row_width()];
     engine.read_rows(0, &mut out).unwrap();
     out
 }
@@ -919,6 +919,15 @@ fn layer_taps_match_cpu() {
                     assert_within(&got[s * w..e * w], &alone, tol, &format!("{kind:?} layer {layer} {precision:?} packed {s}..{e}"));
                 }
             }
+        }
+        // several layers from one pass (copy_rows on the device) equal the CPU's, side by side
+        let mut cpu = Engine::new(Cpu::new(model.clone()), model.config.clone());
+        cpu.set_layers(&[0, 2, 3]).unwrap();
+        let want = hidden(&mut cpu, &tokens);
+        for (precision, tol) in [(Precision::F32, TOL), (Precision::Bf16, 1e-2)] {
+            let mut gpu = gpu_engine(&model, cuda::DEFAULT_CHUNK, precision);
+            gpu.set_layers(&[0, 2, 3]).unwrap();
+            assert_within(&hidden(&mut gpu, &tokens), &want, tol, &format!("{kind:?} layers 0,2,3 {precision:?}"));
         }
     }
 }

@@ -391,4 +391,11 @@ impl Backend for Cpu {
         dst.copy_from_slice(&buf.data[off..off + dst.len()]);
         Ok(())
     }
+
+    fn copy_rows(&self, src: &CpuBuf, dst: &mut CpuBuf, len: usize) -> Result<()> {
+        let n = len * src.width;
+        ensure!(src.width == dst.width && n <= src.data.len() && n <= dst.data.len(), "copy_rows: out of range");
+        dst.data[..n].copy_from_slice(&src.data[..n]);
+        Ok(())
+    }
 }

@@ -1213,4 +1213,13 @@ impl Backend for Cuda {
         self.stream.synchronize()?;
         Ok(())
     }
+
+    fn copy_rows(&self, src: &CudaBuf, dst: &mut CudaBuf, len: usize) -> Result<()> {
+        let n = len * src.width;
+        ensure!(src.width == dst.width && len <= src.rows && len <= dst.rows, "copy_rows: out of range");
+        if n > 0 {
+            self.stream.memcpy_dtod(&src.data.slice(..n), &mut dst.data.slice_mut(..n))?;
+        }
+        Ok(())
+    }
 }

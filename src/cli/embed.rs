@@ -98,9 +98,11 @@ pub struct EmbedArgs {
     /// Output format for --pool none.
     #[arg(long, value_enum, default_value = "csv")]
     pub format: Format,
-    /// Hidden states of this layer instead of the final normalized output: 0 = the embedding
+    /// Hidden states of these layers instead of the final normalized output: 0 = the embedding
     /// output, i = the residual stream after block i, not normalized (for RCPS models, halves
-    /// as the final norm would read them). One layer per run for now.
+    /// as the final norm would read them). Several (`--layers 4,8`) come from one pass, in
+    /// ascending order: CSV columns `l4.e0 ..`, one npy file / safetensors tensor per layer
+    /// (`ID.l4`).
     #[arg(long, value_name = "L", value_delimiter = ',')]
     pub layers: Vec<usize>,
     #[command(flatten)]
@@ -156,6 +158,15 @@ fn value_names(feature: Feature, width: usize) -> Vec<String> {
     }
 }
 
+/// Column block `k` (`part` values wide) of the `width`-wide f32 rows in `held` (native-endian
+/// bytes, as `RawRows` wrote them), written in the same form.
+fn write_part(held: &[u8], width: usize, part: usize, k: usize, w: &mut dyn Write) -> Result<()> {
+    for row in held.chunks(width * 4) {
+        w.write_all(&row[k * part * 4..(k + 1) * part * 4])?;
+    }
+    Ok(())
+}
+
 fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<()> {
     let (context, overlap) = a.tiles.resolve(&model);
     if overlap >= context {
@@ -190,13 +201,23 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
         eprintln!("backend: {name}; context {context}, tile overlap {overlap}; strand {}, output {}", flag_value(&a.strand), flag_value(&a.output));
     }
     let mut emb = Embedder::new(backend, model.clone(), a.strand, a.output, context, overlap)?;
-    match a.layers.as_slice() {
-        [] => {}
-        [l] => emb.set_layer(Some(*l))?,
-        _ => bail!("--layers: one layer per run for now (several layers in one pass are not built yet); run once per layer"),
-    }
+    let mut layers = a.layers.clone();
+    layers.sort_unstable();
+    layers.dedup();
+    emb.set_layers(&layers)?;
     let width = emb.width();
-    let cols = value_names(a.output, width);
+    // one layer's width, and the layers a row holds side by side (1 without --layers)
+    let parts = layers.len().max(1);
+    let part = width / parts;
+    let cols = if layers.len() > 1 {
+        layers.iter().flat_map(|l| value_names(a.output, part).into_iter().map(move |c| format!("l{l}.{c}"))).collect()
+    } else {
+        value_names(a.output, width)
+    };
+    // npy / safetensors names: the record id, and with several layers `ID.lL` per layer
+    let names = |id: &str| -> Vec<String> {
+        if layers.len() > 1 { layers.iter().map(|l| format!("{id}.l{l}")).collect() } else { vec![id.to_string()] }
+    };
     let mut progress = Progress::new(a.common.quiet);
     let started = Instant::now();
     let mut totals = Totals::default();
@@ -260,7 +281,16 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
             let dir = a.out.as_ref().ok_or_else(|| anyhow!("--format npy needs -o DIR (a folder for one .npy per record)"))?;
             let mut npy = NpyDir::create(dir)?;
             each_input(a, &model.vocab, &mut totals, &mut tokens, &mut |id, toks, _| {
-                npy.record(id, toks.len(), width, |w| emb.record(toks, &mut RawRows { out: w }, &mut |n| progress.bases(n)))?;
+                if parts == 1 {
+                    npy.record(id, toks.len(), width, |w| emb.record(toks, &mut RawRows { out: w }, &mut |n| progress.bases(n)))?;
+                } else {
+                    // one pass, held for the record, then a file per layer
+                    let mut held = Vec::new();
+                    emb.record(toks, &mut RawRows { out: &mut held }, &mut |n| progress.bases(n))?;
+                    for (k, name) in names(id).iter().enumerate() {
+                        npy.record(name, toks.len(), part, |w| write_part(&held, width, part, k, w))?;
+                    }
+                }
                 progress.record_done(toks.len());
                 Ok(())
             })?;
@@ -272,19 +302,30 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
             let mut records: Vec<(String, Vec<u8>)> = Vec::new();
             let mut seen = HashSet::new();
             each_input(a, &model.vocab, &mut totals, &mut tokens, &mut |id, toks, _| {
-                st::check_name(id)?;
-                if !seen.insert(id.to_string()) {
-                    bail!("duplicate record id '{id}' (safetensors output needs unique ids)");
+                for name in names(id) {
+                    st::check_name(&name)?;
+                    if !seen.insert(name.clone()) {
+                        bail!("duplicate tensor name '{name}' (safetensors output needs unique record ids)");
+                    }
                 }
                 records.push((id.to_string(), toks.to_vec()));
                 Ok(())
             })?;
-            let shapes: Vec<(String, [usize; 2])> = records.iter().map(|(id, t)| (id.clone(), [t.len(), width])).collect();
+            let shapes: Vec<(String, [usize; 2])> =
+                records.iter().flat_map(|(id, t)| names(id).into_iter().map(move |n| (n, [t.len(), part]))).collect();
             let mut f = Output::open(Some(path), &a.inputs)?;
             let meta = [("producer", format!("dna-mamba {}", env!("CARGO_PKG_VERSION"))), ("strand", flag_value(&a.strand)), ("output", flag_value(&a.output))];
             st::write_header(&mut f, &shapes, &meta)?;
             for (_, toks) in &records {
-                emb.record(toks, &mut RawRows { out: &mut f }, &mut |n| progress.bases(n))?;
+                if parts == 1 {
+                    emb.record(toks, &mut RawRows { out: &mut f }, &mut |n| progress.bases(n))?;
+                } else {
+                    let mut held = Vec::new();
+                    emb.record(toks, &mut RawRows { out: &mut held }, &mut |n| progress.bases(n))?;
+                    for k in 0..parts {
+                        write_part(&held, width, part, k, &mut f)?;
+                    }
+                }
                 progress.record_done(toks.len());
             }
             f.finish()?;

@@ -18,9 +18,11 @@ pub struct Engine<B: Backend> {
     len: usize,
     /// Per-layer conv + scan state carried between segments of a streamed causal record.
     carry: Vec<B::Buf>,
-    /// What a run leaves to read: `None` the final normalized hidden states, `Some(i)` the
-    /// residual stream after block i (`layer`).
-    tap: Option<usize>,
+    /// What a run leaves to read: empty, the final normalized hidden states; else the
+    /// residual stream after each of these blocks (ascending, `set_layers`), side by side.
+    taps: Vec<usize>,
+    /// Copies of the residual stream at every tap but the last (which is read from `r`).
+    tap_bufs: Vec<B::Buf>,
 }
 
 /// The views a layer's mixer runs through: the first half as is and, for RCPS, the second
@@ -35,7 +37,7 @@ fn views(cfg: &Config) -> Vec<View> {
 
 impl<B: Backend> Engine<B> {
     pub fn new(backend: B, cfg: Config) -> Self {
-        Engine { backend, cfg, streams: None, capacity: 0, len: 0, carry: Vec::new(), tap: None }
+        Engine { backend, cfg, streams: None, capacity: 0, len: 0, carry: Vec::new(), taps: Vec::new(), tap_bufs: Vec::new() }
     }
 
     /// Which hidden states later runs leave to read. Layer `i` (0..=n_layer) is the residual
@@ -44,17 +46,70 @@ impl<B: Backend> Engine<B> {
     /// it is added to). For RCPS models its halves are in the order the final norm would read
     /// them if block `i` were the last. `None` (the default) is the final normalized output.
     pub fn set_layer(&mut self, layer: Option<usize>) -> Result<()> {
-        if let Some(l) = layer {
+        self.set_layers(layer.as_slice())
+    }
+
+    /// Several layers from one pass: each row read is the rows of these layers (in this
+    /// order, which must ascend) side by side, `row_width()` wide. Every layer but the last
+    /// costs one more stream of the context's length. Empty: the final normalized output.
+    pub fn set_layers(&mut self, layers: &[usize]) -> Result<()> {
+        for &l in layers {
             anyhow::ensure!(l <= self.cfg.n_layer, "layer {l}: the model has layers 0 (embeddings) to {}", self.cfg.n_layer);
         }
-        self.tap = layer;
+        anyhow::ensure!(layers.windows(2).all(|w| w[0] < w[1]), "layers must be given in ascending order, each once");
+        self.taps = layers.to_vec();
+        self.tap_bufs.clear();
+        self.len = 0;
         Ok(())
     }
 
-    /// The stream a run leaves its output in: the residual for a tapped layer.
-    fn output(&self) -> Result<&B::Buf> {
+    /// How many layers a row holds (1 without taps).
+    pub fn layers(&self) -> usize {
+        self.taps.len().max(1)
+    }
+
+    /// Width of the rows `read_rows` and `sum_rows` give: the hidden width per layer.
+    pub fn row_width(&self) -> usize {
+        self.cfg.hidden_width() * self.layers()
+    }
+
+    /// The last block to run: the last tap, else all of them.
+    fn blocks(&self) -> usize {
+        self.taps.last().copied().unwrap_or(self.cfg.n_layer)
+    }
+
+    /// The buffers a run leaves its outputs in, one per layer of a row.
+    fn outputs(&self) -> Result<Vec<&B::Buf>> {
         let (r, n) = self.streams.as_ref().ok_or_else(|| anyhow::anyhow!("no context has been run"))?;
-        Ok(if self.tap.is_some() { r } else { n })
+        if self.taps.is_empty() {
+            return Ok(vec![n]);
+        }
+        Ok(self.tap_bufs.iter().chain(std::iter::once(r)).collect())
+    }
+
+    /// After block `done` (0: the embeddings) of a run: keep the residual stream if a tap
+    /// other than the last wants it.
+    fn keep_tap(&mut self, done: usize, len: usize) -> Result<()> {
+        let last = self.taps.len().saturating_sub(1);
+        if let Some(k) = self.taps[..last].iter().position(|&t| t == done) {
+            let (r, _) = self.streams.as_ref().expect("allocated");
+            self.backend.copy_rows(r, &mut self.tap_bufs[k], len)?;
+        }
+        Ok(())
+    }
+
+    /// One buffer per tap but the last, as long as the streams.
+    fn ensure_tap_bufs(&mut self, len: usize) -> Result<()> {
+        let want = self.taps.len().saturating_sub(1);
+        if self.tap_bufs.len() != want || self.capacity < len {
+            self.tap_bufs.clear();
+            let width = self.cfg.hidden_width();
+            let rows = self.capacity.max(len);
+            for _ in 0..want {
+                self.tap_bufs.push(self.backend.alloc(rows, width)?);
+            }
+        }
+        Ok(())
     }
 
     pub fn backend(&self) -> &B {
@@ -67,6 +122,8 @@ impl<B: Backend> Engine<B> {
 
     fn ensure_streams(&mut self, len: usize) -> Result<()> {
         let width = self.cfg.hidden_width();
+        // the tap copies are sized with the streams (before `capacity` grows)
+        self.ensure_tap_bufs(len)?;
         if self.capacity < len {
             // Drop the old pair first so peak memory is one pair, not two.
             self.streams = None;
@@ -92,16 +149,19 @@ impl<B: Backend> Engine<B> {
         if first || self.carry.len() != self.cfg.n_layer {
             self.carry = (0..self.cfg.n_layer).map(|_| self.backend.alloc_state()).collect::<Result<_>>()?;
         }
-        let (r, n) = self.streams.as_mut().expect("allocated above");
-        let b = &self.backend;
-        b.embed(tokens, r)?;
-        let blocks = self.tap.unwrap_or(self.cfg.n_layer);
-        for (layer, state) in self.carry.iter_mut().enumerate().take(blocks) {
-            b.rms_norm(r, n, len, Norm::Layer(layer))?;
-            b.mixer_carry(layer, n, r, len, state)?;
+        self.backend.embed(tokens, &mut self.streams.as_mut().expect("allocated above").0)?;
+        self.keep_tap(0, len)?;
+        let mut carry = std::mem::take(&mut self.carry);
+        for (layer, state) in carry.iter_mut().enumerate().take(self.blocks()) {
+            let (r, n) = self.streams.as_mut().expect("allocated above");
+            self.backend.rms_norm(r, n, len, Norm::Layer(layer))?;
+            self.backend.mixer_carry(layer, n, r, len, state)?;
+            self.keep_tap(layer + 1, len)?;
         }
-        if self.tap.is_none() {
-            b.rms_norm(r, n, len, Norm::Final)?;
+        self.carry = carry;
+        if self.taps.is_empty() {
+            let (r, n) = self.streams.as_mut().expect("allocated above");
+            self.backend.rms_norm(r, n, len, Norm::Final)?;
         }
         self.len = len;
         Ok(())
@@ -137,23 +197,37 @@ impl<B: Backend> Engine<B> {
         result.and(cleared)
     }
 
-    /// Column sums (f64) of row ranges of the last run's output, `width` = hidden width each.
+    /// Column sums (f64) of row ranges of the last run's output, `row_width()` each.
     pub fn sum_rows(&self, ranges: &[(usize, usize)], out: &mut [f64]) -> Result<()> {
-        let out_buf = self.output()?;
         anyhow::ensure!(ranges.iter().all(|&(a, b)| a <= b && b <= self.len), "sum past the end of the context");
-        self.backend.sum_rows(out_buf, self.cfg.hidden_width(), ranges, out)
+        let hw = self.cfg.hidden_width();
+        let bufs = self.outputs()?;
+        if let [buf] = bufs.as_slice() {
+            return self.backend.sum_rows(buf, hw, ranges, out);
+        }
+        anyhow::ensure!(out.len() == ranges.len() * hw * bufs.len(), "sum_rows: output of the wrong size");
+        let mut part = vec![0.0; ranges.len() * hw];
+        for (k, buf) in bufs.iter().enumerate() {
+            self.backend.sum_rows(buf, hw, ranges, &mut part)?;
+            for (dst, src) in out.chunks_mut(hw * bufs.len()).zip(part.chunks(hw)) {
+                dst[k * hw..(k + 1) * hw].copy_from_slice(src);
+            }
+        }
+        Ok(())
     }
+
 
     fn forward(&mut self, tokens: &[u8]) -> Result<()> {
         let len = tokens.len();
         anyhow::ensure!(len > 0, "empty context");
         self.ensure_streams(len)?;
-        let (r, n) = self.streams.as_mut().expect("allocated above");
-        let b = &self.backend;
         let swap = self.cfg.rcps && self.cfg.fused_add_norm;
         let views = views(&self.cfg);
-        b.embed(tokens, r)?;
-        for layer in 0..self.tap.unwrap_or(self.cfg.n_layer) {
+        self.backend.embed(tokens, &mut self.streams.as_mut().expect("allocated above").0)?;
+        self.keep_tap(0, len)?;
+        for layer in 0..self.blocks() {
+            let (r, n) = self.streams.as_mut().expect("allocated above");
+            let b = &self.backend;
             if swap {
                 b.swap_halves(r, len)?;
             }
@@ -166,19 +240,33 @@ impl<B: Backend> Engine<B> {
                     b.mixer(layer, Dir::Fwd, n, r, len, view)?;
                 }
             }
+            self.keep_tap(layer + 1, len)?;
         }
-        if self.tap.is_none() {
-            b.rms_norm(r, n, len, Norm::Final)?;
+        if self.taps.is_empty() {
+            let (r, n) = self.streams.as_mut().expect("allocated above");
+            self.backend.rms_norm(r, n, len, Norm::Final)?;
         }
         self.len = len;
         Ok(())
     }
 
-    /// Copy rows `start..` of the last run's output (`dst.len()` must be a multiple of the width).
+    /// Copy rows `start..` of the last run's output (`dst.len()` must be a multiple of
+    /// `row_width()`): with several layers, each row is the layers' rows side by side.
     pub fn read_rows(&self, start: usize, dst: &mut [f32]) -> Result<()> {
-        let out_buf = self.output()?;
-        let rows = dst.len() / self.cfg.hidden_width();
+        let bufs = self.outputs()?;
+        let rows = dst.len() / self.row_width();
         anyhow::ensure!(start + rows <= self.len, "read past the end of the context");
-        self.backend.read_rows(out_buf, start, dst)
+        if let [buf] = bufs.as_slice() {
+            return self.backend.read_rows(buf, start, dst);
+        }
+        let hw = self.cfg.hidden_width();
+        let mut part = vec![0.0; rows * hw];
+        for (k, buf) in bufs.iter().enumerate() {
+            self.backend.read_rows(buf, start, &mut part)?;
+            for (d, p) in dst.chunks_mut(hw * bufs.len()).zip(part.chunks(hw)) {
+                d[k * hw..(k + 1) * hw].copy_from_slice(p);
+            }
+        }
+        Ok(())
     }
 }
