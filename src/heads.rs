@@ -147,6 +147,10 @@ pub struct Features {
     /// k-mer sizes (k-mer features only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub k: Vec<usize>,
+    /// Backbone layers the features are read from, side by side (`embed --layers`); empty
+    /// (heads written before layers existed too): the final normalized output.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<usize>,
     /// Width of one feature vector.
     pub dim: usize,
 }
@@ -588,7 +592,7 @@ mod tests {
             background: None,
             kind,
             hidden,
-            features: Features { source: Source::Kmer, strand: "both".into(), pooling: Pooling::Mean, k: vec![1], dim: 2 },
+            features: Features { source: Source::Kmer, strand: "both".into(), pooling: Pooling::Mean, k: vec![1], layers: Vec::new(), dim: 2 },
             backbone: None,
             context: None,
             training: serde_json::Value::Null,

@@ -215,7 +215,7 @@ fn k1_head(level: Level, pooling: Pooling, a: f32) -> Head {
             background: None,
             kind: Kind::Linear,
             hidden: None,
-            features: Features { source: Source::Kmer, strand: "both".into(), pooling, k: vec![1], dim: 2 },
+            features: Features { source: Source::Kmer, strand: "both".into(), pooling, k: vec![1], layers: Vec::new(), dim: 2 },
             backbone: None,
             context: None,
             training: serde_json::Value::Null,
@@ -488,4 +488,41 @@ fn read_features_are_means_of_position_rows() {
             }
         }
     }
+}
+
+/// `train --layers 1,3` fits on those layers' pooled hidden states side by side, records them
+/// in the head, and `classify` reads the head's layers back: its probabilities are those of
+/// the head applied to `embed --layers 1,3 --strand both` rows (the default features' view),
+/// and the planted motif is learned from the intermediate layers too.
+#[test]
+fn heads_on_intermediate_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (with, _, _) = motif_reads(200, 5);
+    let fa = write(dir.path(), "reads.fa", &with);
+    let head = s(&dir.path().join("l13.safetensors"));
+    let out = ok(&["train", "--level", "read", &fa, "-m", &model("ph"), "--device", "cpu", "-o", &head, "--layers", "3,1", "-q"]);
+    let (_, acc, ..) = test_scores(&out);
+    assert!(acc >= 0.9, "layers 1,3: planted motif not learned: {out}");
+    let h = dna_mamba::heads::Head::load(Path::new(&head)).unwrap();
+    assert_eq!(h.meta.features.layers, vec![1, 3]);
+    let d = load("ph").config.d_model;
+    assert_eq!(h.dim(), 2 * d);
+    // classify reads the same features: recompute them with embed and apply the head
+    let (fresh, _, _) = motif_reads(20, 6);
+    let fresh_fa = write(dir.path(), "fresh.fa", &fresh);
+    let got = ok(&["classify", &fresh_fa, "--head", &head, "-m", &model("ph"), "--device", "cpu", "-q"]);
+    let emb = ok(&["embed", &fresh_fa, "-m", &model("ph"), "--device", "cpu", "--strand", "both", "--layers", "1,3", "-q"]);
+    let mut scratch = dna_mamba::heads::Scratch::default();
+    for (g, e) in got.lines().skip(1).zip(emb.lines().skip(1)) {
+        let g: Vec<&str> = g.split(',').collect();
+        let x: Vec<f32> = e.split(',').skip(2).map(|v| v.parse().unwrap()).collect();
+        let mut p = vec![0.0; h.n_labels()];
+        h.predict(&x, &mut scratch, &mut p);
+        for (k, pk) in p.iter().enumerate() {
+            let c: f32 = g[3 + k].parse().unwrap();
+            assert!((c - pk).abs() < 1e-4, "{}: classify p{k} {c} vs head on embed --layers rows {pk}", g[0]);
+        }
+    }
+    // k-mer features have no layers
+    fails(&["train", "--level", "read", &fa, "--features", "kmer", "--layers", "1", "-o", &s(&dir.path().join("k.safetensors"))], "k-mer features");
 }

@@ -136,7 +136,8 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
                         bail!("--overlap ({overlap}) must be smaller than --context ({context})");
                     }
                     let f = &plan.heads[0].meta.features;
-                    let emb = Embedder::new(backend, model.clone(), heads::parse_strand(&f.strand)?, Feature::Hidden, context, overlap)?;
+                    let mut emb = Embedder::new(backend, model.clone(), heads::parse_strand(&f.strand)?, Feature::Hidden, context, overlap)?;
+                    emb.set_layers(&f.layers)?;
                     let mut bf = BackboneFeatures::new(emb, f.pooling);
                     if bf.dim() != f.dim {
                         bail!("internal: the model gives {} features, the head reads {}", bf.dim(), f.dim);

@@ -100,6 +100,11 @@ pub struct TrainArgs {
     /// k-mer sizes for --features kmer (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "4,5,6")]
     pub k: Vec<usize>,
+    /// Backbone features from these layers instead of the final normalized output, side by
+    /// side (see `embed --layers`; one pass, ascending order); recorded in the head, which
+    /// `classify` then reads the same way.
+    #[arg(long, value_name = "L", value_delimiter = ',')]
+    pub layers: Vec<usize>,
     /// Which strand's view of the backbone (see `embed --strand`).
     #[arg(long, value_enum, default_value = "both")]
     pub strand: Strand,
@@ -345,11 +350,14 @@ fn compute(a: &TrainArgs, pooling: Pooling) -> Result<Prepared> {
     }
     let (train, test, features, backbone, context, backend) = match a.features {
         Source::Kmer => {
+            if !a.layers.is_empty() {
+                bail!("--layers selects backbone layers; k-mer features (--features kmer) have none");
+            }
             let mut km = KmerFeatures::new(&a.k, pooling)?;
             check_feature_size(data.train.rows() + data.test.rows(), km.dim(), pooling)?;
             let (tr, te) = featurize(a, &data, &mut km)?;
             let dim = km.dim();
-            (tr, te, describe_features(Source::Kmer, "both", pooling, &a.k, dim), None, None, km.describe())
+            (tr, te, describe_features(Source::Kmer, "both", pooling, &a.k, &[], dim), None, None, km.describe())
         }
         Source::Backbone => {
             let model = load_model(&a.common)?;
@@ -367,7 +375,8 @@ fn compute(a: &TrainArgs, pooling: Pooling) -> Result<Prepared> {
                     if overlap >= context {
                         bail!("--overlap ({overlap}) must be smaller than --context ({context})");
                     }
-                    let emb = Embedder::new(backend, self.model.clone(), a.strand, Feature::Hidden, context, overlap)?;
+                    let mut emb = Embedder::new(backend, self.model.clone(), a.strand, Feature::Hidden, context, overlap)?;
+                    emb.set_layers(&layers(a))?;
                     check_feature_size(self.data.train.rows() + self.data.test.rows(), emb.width(), self.pooling)?;
                     let mut bf = BackboneFeatures::new(emb, self.pooling);
                     let (tr, te) = featurize(a, self.data, &mut bf)?;
@@ -385,7 +394,7 @@ fn compute(a: &TrainArgs, pooling: Pooling) -> Result<Prepared> {
                 rcps: model.config.rcps,
                 source: model.source.display().to_string(),
             };
-            let f = describe_features(Source::Backbone, heads::strand_name(a.strand), pooling, &a.k, dim);
+            let f = describe_features(Source::Backbone, heads::strand_name(a.strand), pooling, &a.k, &layers(a), dim);
             (tr, te, f, Some(bb), Some(context), backend)
         }
     };
@@ -534,6 +543,14 @@ fn write_predictions(path: &Path, inputs: &[String], head: &Head, m: &Matrix, pr
 }
 
 /// Features of both splits.
+/// `--layers`, ascending and each once (the order the features are laid out in).
+fn layers(a: &TrainArgs) -> Vec<usize> {
+    let mut l = a.layers.clone();
+    l.sort_unstable();
+    l.dedup();
+    l
+}
+
 fn featurize(a: &TrainArgs, data: &Data, f: &mut dyn Featurizer) -> Result<(Matrix, Matrix)> {
     let mut progress = Progress::new(a.common.quiet);
     let index: HashMap<&str, u32> = data.label_names.iter().enumerate().map(|(i, l)| (l.as_str(), i as u32)).collect();

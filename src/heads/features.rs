@@ -175,12 +175,13 @@ impl Featurizer for KmerFeatures {
 }
 
 /// The `Features` document of a featurizer's output.
-pub fn describe_features(source: Source, strand: &str, pooling: Pooling, k: &[usize], dim: usize) -> Features {
+pub fn describe_features(source: Source, strand: &str, pooling: Pooling, k: &[usize], layers: &[usize], dim: usize) -> Features {
     Features {
         source,
         strand: if source == Source::Backbone { strand.to_string() } else { "both".to_string() },
         pooling,
         k: if source == Source::Kmer { k.to_vec() } else { Vec::new() },
+        layers: if source == Source::Backbone { layers.to_vec() } else { Vec::new() },
         dim,
     }
 }
