@@ -305,7 +305,10 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
                 for name in names(id) {
                     st::check_name(&name)?;
                     if !seen.insert(name.clone()) {
-                        bail!("duplicate tensor name '{name}' (safetensors output needs unique record ids)");
+                        if name == id {
+                            bail!("duplicate record id '{id}' (safetensors output needs unique ids)");
+                        }
+                        bail!("duplicate record id '{id}' (safetensors output needs unique ids, and with several layers unique ID.lL tensor names: '{name}' is taken)");
                     }
                 }
                 records.push((id.to_string(), toks.to_vec()));
