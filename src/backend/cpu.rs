@@ -30,6 +30,10 @@ pub struct Cpu {
     /// A in the scan's block layout, per layer and direction: [blocks][d_state][16].
     a_blocks: Vec<[Vec<f32>; 2]>,
     isa: simd::Isa,
+    /// First rows of the records packed into the current context (`set_records`); each
+    /// mixer call then runs record by record, state restarting at each, exactly as if
+    /// every record were its own context. None: one record.
+    records: std::sync::Mutex<Option<Vec<usize>>>,
 }
 
 /// `[rows, width]` row-major in host memory.
@@ -52,7 +56,7 @@ impl Cpu {
             .iter()
             .map(|l| [blocks(&l.fwd), l.rev.as_ref().map(blocks).unwrap_or_default()])
             .collect();
-        Cpu { model, chunk: chunk.max(1), share_bytes: DEFAULT_SHARE_BYTES, a_blocks, isa: simd::isa() }
+        Cpu { model, chunk: chunk.max(1), share_bytes: DEFAULT_SHARE_BYTES, a_blocks, isa: simd::isa(), records: Default::default() }
     }
 
     /// Memory the shared-projection path may take (0 disables it).
@@ -176,15 +180,16 @@ impl Cpu {
         }
     }
 
-    /// One Mamba direction over `len` positions, chunk by chunk, conv and scan state carried.
+    /// One Mamba direction over the `len` positions from row `base`, chunk by chunk, conv and
+    /// scan state carried from zero.
     #[allow(clippy::too_many_arguments)]
-    fn walk(&self, m: &Mamba, a_blk: &[f32], len: usize, backward: bool, s: &mut Scratch, xz_src: Xz<'_>, y_dst: Y<'_>) {
-        self.walk_from(m, a_blk, len, backward, s, xz_src, y_dst, false)
+    fn walk(&self, m: &Mamba, a_blk: &[f32], (base, len): (usize, usize), backward: bool, s: &mut Scratch, xz_src: Xz<'_>, y_dst: Y<'_>) {
+        self.walk_from(m, a_blk, (base, len), backward, s, xz_src, y_dst, false)
     }
 
     /// `walk`, optionally continuing from the state already in `s` (`carry`).
     #[allow(clippy::too_many_arguments)]
-    fn walk_from(&self, m: &Mamba, a_blk: &[f32], len: usize, backward: bool, s: &mut Scratch, xz_src: Xz<'_>, mut y_dst: Y<'_>, carry: bool) {
+    fn walk_from(&self, m: &Mamba, a_blk: &[f32], (base, len): (usize, usize), backward: bool, s: &mut Scratch, xz_src: Xz<'_>, mut y_dst: Y<'_>, carry: bool) {
         let cfg = &self.model.config;
         let (d, di, n, rk) = (cfg.d_model, cfg.d_inner(), cfg.d_state, cfg.dt_rank());
         let nx = rk + 2 * n;
@@ -193,7 +198,7 @@ impl Cpu {
             s.conv_state.fill(0.0);
             s.ssm_state.fill(0.0);
         }
-        let row_of = |step: usize| if backward { len - 1 - step } else { step };
+        let row_of = |step: usize| base + if backward { len - 1 - step } else { step };
         let mut start = 0;
         while start < len {
             let t = self.chunk.min(len - start);
@@ -244,6 +249,59 @@ impl Cpu {
             }
             start += t;
         }
+    }
+}
+
+impl Cpu {
+    /// The record ranges (first row, rows) of a context of `len` rows: the packed records
+    /// (`set_records`), or the whole context.
+    fn ranges(&self, len: usize) -> Result<Vec<(usize, usize)>> {
+        match self.records.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(b) => {
+                ensure!(b.last() == Some(&len), "mixer: {len} rows but the packed records cover {}", b.last().copied().unwrap_or(0));
+                Ok(b.windows(2).map(|w| (w[0], w[1] - w[0])).collect())
+            }
+            None => Ok(vec![(0, len)]),
+        }
+    }
+
+    /// `acc += BiMamba(input)` over the `len` rows from `base` (one record).
+    #[allow(clippy::too_many_arguments)]
+    fn bimamba_range(&self, layer: usize, (fwd, rev): (&Mamba, &Mamba), tied: bool, input: &CpuBuf, acc: &mut CpuBuf, (base, len): (usize, usize), view: View) -> Result<()> {
+        let di = self.model.config.d_inner();
+        let back = View { backward: !view.backward, ..view };
+        if !tied || len.saturating_mul(3 * di * 4) > self.share_bytes {
+            let mut s = self.scratch(len);
+            self.walk(fwd, self.a_blk(layer, Dir::Fwd), (base, len), view.backward, &mut s, Xz::Project { input, view }, Y::Project { acc, view });
+            self.walk(rev, self.a_blk(layer, Dir::Rev), (base, len), back.backward, &mut s, Xz::Project { input, view: back }, Y::Project { acc, view: back });
+            return Ok(());
+        }
+        // Shared projections: in_proj once for the record, both scans, out_proj once. The
+        // shared buffers hold the record's rows; walks address them by the row's place in the
+        // record (base 0) and the streams by its place in the context (`base`).
+        let d = self.model.config.d_model;
+        let mut xz = self.alloc(len, 2 * di)?;
+        let mut y = self.alloc(len, di)?;
+        let mut s = self.scratch(len);
+        let mut start = 0;
+        while start < len {
+            let t = self.chunk.min(len - start);
+            gather(input, view, start..start + t, |j| base + j, d, &mut s.u);
+            matmul_t(&mut xz.data[start * 2 * di..], &s.u, d, &fwd.in_proj, t, 2 * di, d);
+            start += t;
+        }
+        // rows of xz and y are in physical order; the walks read them forwards or backwards
+        self.walk(fwd, self.a_blk(layer, Dir::Fwd), (0, len), view.backward, &mut s, Xz::Stored(&xz), Y::Store { y: &mut y, add: false });
+        self.walk(rev, self.a_blk(layer, Dir::Rev), (0, len), !view.backward, &mut s, Xz::Stored(&xz), Y::Store { y: &mut y, add: true });
+        drop(xz);
+        let mut start = 0;
+        while start < len {
+            let t = self.chunk.min(len - start);
+            matmul_t(&mut s.out, &y.data[start * di..], di, &fwd.out_proj, t, d, di);
+            scatter_add(acc, view, start..start + t, |j| base + j, d, &s.out);
+            start += t;
+        }
+        Ok(())
     }
 }
 
@@ -322,9 +380,23 @@ impl Backend for Cpu {
 
     fn mixer(&self, layer: usize, dir: Dir, input: &CpuBuf, acc: &mut CpuBuf, len: usize, view: View) -> Result<()> {
         let m = self.mamba(layer, dir)?;
-        let mut s = self.scratch(len);
         self.check_view(input, acc, view)?;
-        self.walk(m, self.a_blk(layer, dir), len, view.backward, &mut s, Xz::Project { input, view }, Y::Project { acc, view });
+        for range in self.ranges(len)? {
+            let mut s = self.scratch(range.1);
+            self.walk(m, self.a_blk(layer, dir), range, view.backward, &mut s, Xz::Project { input, view }, Y::Project { acc, view });
+        }
+        Ok(())
+    }
+
+    fn supports_packing(&self) -> bool {
+        true
+    }
+
+    fn set_records(&self, starts: Option<&[usize]>, len: usize) -> Result<()> {
+        if let Some(st) = starts {
+            ensure!(st.first() == Some(&0) && st.windows(2).all(|w| w[0] < w[1]) && st.last().is_some_and(|&l| l < len), "set_records: starts must ascend from 0 within the context");
+        }
+        *self.records.lock().unwrap_or_else(|e| e.into_inner()) = starts.map(|s| s.iter().copied().chain(std::iter::once(len)).collect());
         Ok(())
     }
 
@@ -344,7 +416,7 @@ impl Backend for Cpu {
         ensure!(state.data.len() == nc + s.ssm_state.len(), "mixer_carry: state of the wrong size");
         s.conv_state.copy_from_slice(&state.data[..nc]);
         s.ssm_state.copy_from_slice(&state.data[nc..]);
-        self.walk_from(m, self.a_blk(layer, Dir::Fwd), len, false, &mut s, Xz::Project { input, view }, Y::Project { acc, view }, true);
+        self.walk_from(m, self.a_blk(layer, Dir::Fwd), (0, len), false, &mut s, Xz::Project { input, view }, Y::Project { acc, view }, true);
         state.data[..nc].copy_from_slice(&s.conv_state);
         state.data[nc..].copy_from_slice(&s.ssm_state);
         Ok(())
@@ -352,35 +424,10 @@ impl Backend for Cpu {
 
     fn bimamba(&self, layer: usize, input: &CpuBuf, acc: &mut CpuBuf, len: usize, view: View) -> Result<()> {
         let (fwd, rev) = (self.mamba(layer, Dir::Fwd)?, self.mamba(layer, Dir::Rev)?);
-        let di = self.model.config.d_inner();
         let tied = Arc::ptr_eq(&fwd.in_proj, &rev.in_proj) && Arc::ptr_eq(&fwd.out_proj, &rev.out_proj);
-        if !tied || len.saturating_mul(3 * di * 4) > self.share_bytes {
-            self.mixer(layer, Dir::Fwd, input, acc, len, view)?;
-            return self.mixer(layer, Dir::Rev, input, acc, len, View { backward: !view.backward, ..view });
-        }
-        // Shared projections: in_proj once for the whole context, both scans, out_proj once.
         self.check_view(input, acc, view)?;
-        let d = self.model.config.d_model;
-        let mut xz = self.alloc(len, 2 * di)?;
-        let mut y = self.alloc(len, di)?;
-        let mut s = self.scratch(len);
-        let mut start = 0;
-        while start < len {
-            let t = self.chunk.min(len - start);
-            gather(input, view, start..start + t, |j| j, d, &mut s.u);
-            matmul_t(&mut xz.data[start * 2 * di..], &s.u, d, &fwd.in_proj, t, 2 * di, d);
-            start += t;
-        }
-        // rows of xz and y are in physical order; the walks read them forwards or backwards
-        self.walk(fwd, self.a_blk(layer, Dir::Fwd), len, view.backward, &mut s, Xz::Stored(&xz), Y::Store { y: &mut y, add: false });
-        self.walk(rev, self.a_blk(layer, Dir::Rev), len, !view.backward, &mut s, Xz::Stored(&xz), Y::Store { y: &mut y, add: true });
-        drop(xz);
-        let mut start = 0;
-        while start < len {
-            let t = self.chunk.min(len - start);
-            matmul_t(&mut s.out, &y.data[start * di..], di, &fwd.out_proj, t, d, di);
-            scatter_add(acc, view, start..start + t, |j| j, d, &s.out);
-            start += t;
+        for range in self.ranges(len)? {
+            self.bimamba_range(layer, (fwd, rev), tied, input, acc, range, view)?;
         }
         Ok(())
     }
