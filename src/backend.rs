@@ -94,6 +94,12 @@ pub trait Backend {
     fn supports_packing(&self) -> bool {
         false
     }
+    /// Bases a batch of short records should hold when they are packed: enough to fill a GPU
+    /// (this default), or, on the CPU, enough to spread the per-context overhead while rows
+    /// keep streaming out of a slow input.
+    fn pack_bases(&self) -> usize {
+        crate::embed::PACK_BASES
+    }
     /// Record boundaries for the mixer calls that follow, over a context of `len` rows:
     /// `starts` are the first rows of the packed records (0 first, ascending). The conv and
     /// scan state then restart at every record boundary in both walk directions, so each

@@ -215,7 +215,7 @@ impl Plan<'_> {
             }
             row.end().with_context(|| format!("record '{id}'"))
         };
-        // short records go to the featurizer in batches where it takes them (packed on a GPU)
+        // short records go to the featurizer in batches where it takes them (packed contexts)
         let limit = feats.batch_limit();
         let dim = feats.dim();
         let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
@@ -244,7 +244,7 @@ impl Plan<'_> {
         let mut row = Vec::new();
         let read = for_each_record(&self.a.inputs, self.a.common.skip_bad, &vocab, totals, tokens, &mut |id, toks| {
             if limit.is_some_and(|l| toks.len() <= l) {
-                if bases + toks.len() > crate::embed::PACK_BASES {
+                if bases + toks.len() > feats.batch_bases() {
                     flush(&mut batch, feats, &mut w, progress, &mut x, &mut write)?;
                     bases = 0;
                 }

@@ -37,7 +37,7 @@ impl Packed {
             return Ok(());
         }
         let toks: Vec<&[u8]> = self.records.iter().map(|(_, t)| t.as_slice()).collect();
-        let sums = emb.pooled_packed(&toks, PACK_BASES).with_context(|| {
+        let sums = emb.pooled_packed(&toks, emb.engine().pack_bases()).with_context(|| {
             format!("a packed batch of {} records ('{}' to '{}')", toks.len(), self.records[0].0, self.records[toks.len() - 1].0)
         })?;
         let means: Vec<Vec<f32>> = self.records.iter().zip(&sums).map(|((_, toks), sum)| ReadPool::mean_of(sum, toks.len())).collect();
@@ -239,7 +239,7 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
             let read = each_input(a, &model.vocab, &mut totals, &mut tokens, &mut |id, toks, offset| {
                 if pack {
                     if toks.len() <= pack_max {
-                        if packed.bases + toks.len() > PACK_BASES {
+                        if packed.bases + toks.len() > emb.engine().pack_bases() {
                             packed.flush(&mut emb, &mut csv, &mut progress, a.common.verbose)?;
                         }
                         packed.records.push((id.to_string(), toks.to_vec()));

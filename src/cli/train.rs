@@ -559,7 +559,7 @@ fn featurize(a: &TrainArgs, data: &Data, f: &mut dyn Featurizer) -> Result<(Matr
         let mut row = Vec::new();
         match split {
             Split::Reads(recs) => {
-                // short records in batches where the featurizer takes them (packed on a GPU)
+                // short records in batches where the featurizer takes them (packed contexts)
                 let limit = f.batch_limit();
                 let mut i = 0;
                 while i < recs.len() {
@@ -567,7 +567,7 @@ fn featurize(a: &TrainArgs, data: &Data, f: &mut dyn Featurizer) -> Result<(Matr
                     let mut bases = 0;
                     while end < recs.len()
                         && limit.is_some_and(|l| recs[end].tokens.len() <= l)
-                        && (end == i || bases + recs[end].tokens.len() <= crate::embed::PACK_BASES)
+                        && (end == i || bases + recs[end].tokens.len() <= f.batch_bases())
                     {
                         bases += recs[end].tokens.len();
                         end += 1;

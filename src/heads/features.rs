@@ -24,6 +24,10 @@ pub trait Featurizer {
     fn batch_limit(&self) -> Option<usize> {
         None
     }
+    /// Bases a batch for `read_batch` should hold.
+    fn batch_bases(&self) -> usize {
+        crate::embed::PACK_BASES
+    }
     /// Read level, several records (each within `batch_limit`) at once: their vectors
     /// appended to `out` in order, equal to what `read` gives for each.
     fn read_batch(&mut self, records: &[&[u8]], out: &mut Vec<f32>) -> Result<()> {
@@ -84,8 +88,11 @@ impl<B: Backend> Featurizer for BackboneFeatures<B> {
         Ok(())
     }
     fn batch_limit(&self) -> Option<usize> {
-        // a GPU packs short records into one context; the CPU gains nothing from batches
+        // short records go several to a context where the backend packs (the CPU and the GPU do)
         self.emb.engine().supports_packing().then_some(self.emb.context)
+    }
+    fn batch_bases(&self) -> usize {
+        self.emb.engine().pack_bases()
     }
     fn read_batch(&mut self, records: &[&[u8]], out: &mut Vec<f32>) -> Result<()> {
         let width = self.emb.width();
@@ -100,7 +107,7 @@ impl<B: Backend> Featurizer for BackboneFeatures<B> {
                 }
             }
         }
-        let sums = self.emb.query_sums(records, &queries, crate::embed::PACK_BASES)?;
+        let sums = self.emb.query_sums(records, &queries, self.emb.engine().pack_bases())?;
         for ((&(i, _, _), &b), sum) in queries.iter().zip(&bins).zip(&sums) {
             pools[i].add_bin_sum(b, sum);
         }

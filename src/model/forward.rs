@@ -178,6 +178,11 @@ impl<B: Backend> Engine<B> {
         self.backend.supports_packing()
     }
 
+    /// Bases a batch of packed short records should hold on this backend.
+    pub fn pack_bases(&self) -> usize {
+        self.backend.pack_bases()
+    }
+
     /// Several records in one context: `tokens` is their concatenation and `starts` the first
     /// row of each (0 first, ascending). Every record's rows come out as if it had been run
     /// alone (the conv and scan state restart at each boundary in both walk directions;
