@@ -471,27 +471,9 @@ __device__ __forceinline__ void scan_output_body(float* __restrict__ x,
     else output_walk<0>(x, delta, bcs, flags, xz, a2, dt_b, d_skip, h_start, delta_ready, write_back, y_h, half, y_acc, acc_mode, c, s, j0, steps, t, packed);
 }
 
-// Two register budgets of the same kernel: 96 registers for 5 blocks per SM (no spills) and
-// 80 for 6 (8 bytes spilled), the default: 3% faster end to end on an H200 (BENCHMARKS.md,
-// stage 2); DNA_MAMBA_SCAN_OCC=5 selects the first.
-extern "C" __global__ void __launch_bounds__(128, 5) scan_output(float* __restrict__ x,
-                                       const float* __restrict__ delta,
-                                       const float* __restrict__ dbc,
-                                       const float* __restrict__ xz,
-                                       const float* __restrict__ a2,
-                                       const float* __restrict__ dt_b,
-                                       const float* __restrict__ d_skip,
-                                       float* __restrict__ h_start,
-                                       int t, int di, int nx, int rk, int seg_len, int rev,
-                                       int delta_ready, int write_back,
-                                       const int* __restrict__ rec, long long row0, long long len, int packed,
-                                       unsigned short* __restrict__ y_h, int half,
-                                       float* __restrict__ y_acc, int acc_mode)
-{
-    scan_output_body(x, delta, dbc, xz, a2, dt_b, d_skip, h_start, t, di, nx, rk, seg_len, rev, delta_ready, write_back, rec, row0, len, packed, y_h, half, y_acc, acc_mode);
-}
-
-extern "C" __global__ void __launch_bounds__(128, 6) scan_output_occ6(float* __restrict__ x,
+// 80 registers for 6 blocks per SM (8 bytes spilled): 3% faster end to end on an H200 than 96
+// registers for 5 blocks without spills (BENCHMARKS.md, stage 2).
+extern "C" __global__ void __launch_bounds__(128, 6) scan_output(float* __restrict__ x,
                                        const float* __restrict__ delta,
                                        const float* __restrict__ dbc,
                                        const float* __restrict__ xz,

@@ -22,10 +22,9 @@ sanitize)
             | tee "$OUT/sanitize-$tool.log" | grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test result"
     done ;;
 sweep)
-    for st in ${SEG_SWEEP:-2048 1024 640}; do for occ in ${OCC_SWEEP:-5}; do
-        echo "DNA_MAMBA_SCAN_OCC=$occ"
-        DNA_MAMBA_SCAN_OCC=$occ DNA_MAMBA_SEG_THREADS=$st "$G/cuda-tests" --ignored --nocapture bench_forward 2>&1 | grep -E "^\|"
-    done; done | tee "$OUT/sweep.log" ;;
+    for st in ${SEG_SWEEP:-2048 1024 640}; do
+        DNA_MAMBA_SEG_THREADS=$st "$G/cuda-tests" --ignored --nocapture bench_forward 2>&1 | grep -E "^\|"
+    done | tee "$OUT/sweep.log" ;;
 cli)
     python3 scripts/random-model.py /tmp/m/ph > /dev/null && python3 scripts/bench-inputs.py /tmp/d
     for prec in bf16 f32; do

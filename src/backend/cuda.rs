@@ -245,9 +245,6 @@ pub struct Cuda {
     fuse_dt: bool,
     /// (segment, channel) threads per SM the scan's segments are sized for.
     seg_threads: usize,
-    /// scan_output with the 80-register budget (6 blocks per SM, the default: 3% faster than
-    /// 96 registers and 5 blocks on an H200); `DNA_MAMBA_SCAN_OCC=5` selects the other.
-    scan_occ6: bool,
     /// cuBLAS refused FAST_16BF for dt_proj once: it runs in f32 from then on.
     no_fast_bf16: AtomicBool,
     sms: usize,
@@ -412,7 +409,6 @@ impl Cuda {
             scan: Scan::from_env()?,
             fuse_dt: sizes.fuse_dt(),
             seg_threads: seg_threads()?,
-            scan_occ6: std::env::var("DNA_MAMBA_SCAN_OCC").as_deref() != Ok("5"),
             no_fast_bf16: AtomicBool::new(false),
             sms,
             label,
@@ -783,7 +779,7 @@ impl Cuda {
             unsafe { b.launch(g.cells) }?;
         }
         let (delta_ready, write_back) = (!single as i32, single as i32);
-        let mut b = self.stream.launch_builder(if self.scan_occ6 { &self.k.scan_output_occ6 } else { &self.k.scan_output });
+        let mut b = self.stream.launch_builder(&self.k.scan_output);
         b.arg(&mut *x).arg(&*delta).arg(dbc).arg(xz).arg(&m.a2).arg(&m.dt_b).arg(&m.d);
         if single {
             b.arg(&mut *ssm);

@@ -118,7 +118,6 @@ pub struct Kernels {
     pub scan_ends: CudaFunction,
     pub scan_combine: CudaFunction,
     pub scan_output: CudaFunction,
-    pub scan_output_occ6: CudaFunction,
     pub scan_fused: CudaFunction,
     pub scan_fix: CudaFunction,
 }
@@ -138,7 +137,6 @@ impl Kernels {
             scan_ends: f(&scan, "scan_ends")?,
             scan_combine: f(&scan, "scan_combine")?,
             scan_output: f(&scan, "scan_output")?,
-            scan_output_occ6: f(&scan, "scan_output_occ6")?,
             scan_fused: f(&scan, "scan_fused")?,
             scan_fix: f(&scan, "scan_fix")?,
         })
