@@ -178,6 +178,23 @@ fn hidden<B: Backend>(engine: &mut Engine<B>, tokens: &[u8]) -> Vec<f32> {
     out
 }
 
+/// Median wall time of 5 forward passes over `tokens`, after one warm-up pass (allocations,
+/// module load, cuBLAS heuristics), each timed to a device synchronize.
+fn median_secs(e: &mut Engine<Cuda>, tokens: &[u8]) -> f64 {
+    e.run(tokens).unwrap();
+    e.backend().synchronize().unwrap();
+    let mut times: Vec<f64> = (0..5)
+        .map(|_| {
+            let t0 = Instant::now();
+            e.run(tokens).unwrap();
+            e.backend().synchronize().unwrap();
+            t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
 fn assert_close(got: &[f32], want: &[f32], what: &str) -> f64 {
     assert_within(got, want, TOL, what)
 }
@@ -643,17 +660,7 @@ fn bench_ph_131k() {
                 continue; // the default cap does not share this context; forcing it would not fit the budget
             }
             let mut e = gpu_engine_shared(&model, chunk, precision, if share { 1 << 30 } else { bytes });
-            e.run(&tokens).unwrap(); // warm-up: allocations, module load, cuBLAS heuristics
-            e.backend().synchronize().unwrap();
-            let mut times = Vec::new();
-            for _ in 0..5 {
-                let t0 = Instant::now();
-                e.run(&tokens).unwrap();
-                e.backend().synchronize().unwrap();
-                times.push(t0.elapsed().as_secs_f64());
-            }
-            times.sort_by(f64::total_cmp);
-            let med = times[times.len() / 2];
+            let med = median_secs(&mut e, &tokens);
             let (free, _) = e.backend().mem_get_info().unwrap();
             println!(
                 "| {precision:?} | {len} | {chunk} | {share} | {med:.4} | {:.3e} | {} (baseline {}) |",
@@ -693,17 +700,7 @@ fn bench_scan_paths() {
         for scan in [Scan::TwoPass, Scan::OnePass] {
             let backend = Cuda::with_options(model.clone(), 0, cuda::DEFAULT_CHUNK, precision).unwrap().with_scan(scan);
             let mut e = Engine::new(backend, model.config.clone());
-            e.run(&tokens).unwrap();
-            e.backend().synchronize().unwrap();
-            let mut times = Vec::new();
-            for _ in 0..5 {
-                let t0 = Instant::now();
-                e.run(&tokens).unwrap();
-                e.backend().synchronize().unwrap();
-                times.push(t0.elapsed().as_secs_f64());
-            }
-            times.sort_by(f64::total_cmp);
-            let med = times[times.len() / 2];
+            let med = median_secs(&mut e, &tokens);
             let (free, total) = e.backend().mem_get_info().unwrap();
             println!("| {name} | {precision:?} | {len} | {scan:?} | {med:.4} | {:.3e} | {} |", len as f64 / med, (total - free) >> 20);
         }
@@ -955,17 +952,7 @@ fn bench_forward() {
         let len: usize = len.parse().unwrap();
         let tokens = random_tokens(len, 7);
         let mut e = gpu_engine(&model, cuda::DEFAULT_CHUNK, precision);
-        e.run(&tokens).unwrap();
-        e.backend().synchronize().unwrap();
-        let mut times = Vec::new();
-        for _ in 0..5 {
-            let t0 = Instant::now();
-            e.run(&tokens).unwrap();
-            e.backend().synchronize().unwrap();
-            times.push(t0.elapsed().as_secs_f64());
-        }
-        times.sort_by(f64::total_cmp);
-        let med = times[times.len() / 2];
+        let med = median_secs(&mut e, &tokens);
         let (free, total) = e.backend().mem_get_info().unwrap();
         println!("| {label} | {p} | {len} | {med:.4} | {:.3e} | {} |", len as f64 / med, (total - free) >> 20);
     }
