@@ -109,6 +109,14 @@ fn add_hidden_feature(rcps: bool, strand: Strand, d: usize, h: &[f64], w: f64, o
     }
 }
 
+/// `--layers` as the engine lays them out: ascending, each once.
+pub fn ascending_layers(layers: &[usize]) -> Vec<usize> {
+    let mut l = layers.to_vec();
+    l.sort_unstable();
+    l.dedup();
+    l
+}
+
 /// One run of the model over a tile: on the reverse complement or not, and its weight.
 #[derive(Clone, Copy)]
 struct Pass {

@@ -11,7 +11,7 @@ use clap::{Args, ValueEnum};
 
 use super::{flag_value, device_list, for_each_record, for_each_region, load_model, resolve_regions, on_backend, Common, OnBackend, Totals, Tiles};
 use crate::backend::Backend;
-use crate::embed::{Embedder, Feature, Strand};
+use crate::embed::{ascending_layers, Embedder, Feature, Strand};
 use crate::model::vocab::Vocab;
 use crate::model::Model;
 use crate::output::csv::Csv;
@@ -201,9 +201,7 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
         eprintln!("backend: {name}; context {context}, tile overlap {overlap}; strand {}, output {}", flag_value(&a.strand), flag_value(&a.output));
     }
     let mut emb = Embedder::new(backend, model.clone(), a.strand, a.output, context, overlap)?;
-    let mut layers = a.layers.clone();
-    layers.sort_unstable();
-    layers.dedup();
+    let layers = ascending_layers(&a.layers);
     emb.set_layers(&layers)?;
     let width = emb.width();
     // one layer's width, and the layers a row holds side by side (1 without --layers)

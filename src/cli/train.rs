@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::{for_each_record, load_model, on_backend, Common, OnBackend, Totals, Tiles};
 use crate::backend::Backend;
-use crate::embed::{Embedder, Feature, Strand};
+use crate::embed::{ascending_layers, Embedder, Feature, Strand};
 use crate::heads::features::{check_feature_size, describe_features, BackboneFeatures, Featurizer, KmerFeatures};
 use crate::heads::fit::{self, FitOptions, MlpOptions, Rng};
 use crate::heads::labels::{self, header_label, Interval, LabelTable};
@@ -376,7 +376,7 @@ fn compute(a: &TrainArgs, pooling: Pooling) -> Result<Prepared> {
                         bail!("--overlap ({overlap}) must be smaller than --context ({context})");
                     }
                     let mut emb = Embedder::new(backend, self.model.clone(), a.strand, Feature::Hidden, context, overlap)?;
-                    emb.set_layers(&layers(a))?;
+                    emb.set_layers(&ascending_layers(&a.layers))?;
                     check_feature_size(self.data.train.rows() + self.data.test.rows(), emb.width(), self.pooling)?;
                     let mut bf = BackboneFeatures::new(emb, self.pooling);
                     let (tr, te) = featurize(a, self.data, &mut bf)?;
@@ -394,7 +394,7 @@ fn compute(a: &TrainArgs, pooling: Pooling) -> Result<Prepared> {
                 rcps: model.config.rcps,
                 source: model.source.display().to_string(),
             };
-            let f = describe_features(Source::Backbone, heads::strand_name(a.strand), pooling, &a.k, &layers(a), dim);
+            let f = describe_features(Source::Backbone, heads::strand_name(a.strand), pooling, &a.k, &ascending_layers(&a.layers), dim);
             (tr, te, f, Some(bb), Some(context), backend)
         }
     };
@@ -543,14 +543,6 @@ fn write_predictions(path: &Path, inputs: &[String], head: &Head, m: &Matrix, pr
 }
 
 /// Features of both splits.
-/// `--layers`, ascending and each once (the order the features are laid out in).
-fn layers(a: &TrainArgs) -> Vec<usize> {
-    let mut l = a.layers.clone();
-    l.sort_unstable();
-    l.dedup();
-    l
-}
-
 fn featurize(a: &TrainArgs, data: &Data, f: &mut dyn Featurizer) -> Result<(Matrix, Matrix)> {
     let mut progress = Progress::new(a.common.quiet);
     let index: HashMap<&str, u32> = data.label_names.iter().enumerate().map(|(i, l)| (l.as_str(), i as u32)).collect();
