@@ -3,7 +3,10 @@
 # sanitizer, forward-only sweeps, CLI benchmarks and a per-kernel profile in one device call.
 # Run from the repository root on the GPU machine with the carried folder G holding cuda-tests
 # (cargo test --release --test cuda --no-run) and dna-mamba.
-# usage: scripts/gpu-stage2.sh G [tests] [sanitize] [sweep] [cli] [ncu] [detail]
+# usage: scripts/gpu-stage2.sh G [tests] [tests80] [sanitize] [sweep] [cli] [ncu] [detail] [plantcad]
+#   tests80   the GPU tests on the generic build (kernels compiled for sm_80, JIT-compiled by the driver)
+#   plantcad  issue 16's zero-shot benchmark: random PlantCaduceus l20 / l32 models, the variants in
+#             $G/pc (22_20-21M.fa + .fai, both.vcf: scripts/variants-bench.sh prep), bf16 and f32
 set -o pipefail
 G=$1; shift
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -16,6 +19,33 @@ tests)
     # would end the tests early)
     "$G/cuda-tests" --test-threads 4 --nocapture > "$OUT/tests.log" 2>&1
     grep -E "test result|FAILED|panicked" "$OUT/tests.log" ;;
+tests80)
+    DNA_MAMBA_CC=80 "$G/cuda-tests" --test-threads 4 --nocapture > "$OUT/tests80.log" 2>&1
+    grep -E "test result|FAILED|panicked" "$OUT/tests80.log" ;;
+plantcad)
+    for shape in "l20 384 20" "l32 1024 32"; do
+        read -r name dm nl <<< "$shape"
+        python3 scripts/random-model.py "/tmp/m/$name" --plantcad --d-model "$dm" --n-layer "$nl" > /dev/null
+        for prec in ${PC_PRECISIONS:-bf16 f32}; do
+            echo "## plantcad $name ($dm x $nl) $prec: $(grep -vc '^#' "$G/pc/both.vcf") records"
+            nvidia-smi --query-gpu=memory.used --format=csv,noheader -lms 200 > "/tmp/smi-$name-$prec.txt" &
+            smi=$!
+            /usr/bin/time -f "wall %e s, peak RSS %M KB" "$G/dna-mamba" score-variants --device cuda --precision "$prec" \
+                --vcf "$G/pc/both.vcf" --fasta "$G/pc/22_20-21M.fa" -m "/tmp/m/$name" --scores plantcad --format tsv \
+                -o "/tmp/plantcad-$name-$prec.tsv" 2>&1 | grep -E "dna-mamba:|wall|rror"
+            kill $smi; echo "peak GPU memory: $(sort -n "/tmp/smi-$name-$prec.txt" | tail -1)"
+        done
+        [ -f "/tmp/plantcad-$name-bf16.tsv" ] && [ -f "/tmp/plantcad-$name-f32.tsv" ] && python3 - "/tmp/plantcad-$name-bf16.tsv" "/tmp/plantcad-$name-f32.tsv" <<'PY'
+import sys
+def col(p):
+    rows = [l.rstrip("\n").split("\t") for l in open(p)]
+    k = rows[0].index("plantcad")
+    return [float(r[k]) for r in rows[1:] if r[k] != "NA"]
+b, f = col(sys.argv[1]), col(sys.argv[2])
+d = max(abs(x - y) for x, y in zip(b, f))
+print(f"bf16 vs f32: {len(b)} scores, max |diff| {d:.3g}, f32 score range [{min(f):.3g}, {max(f):.3g}]")
+PY
+    done 2>&1 | tee "$OUT/plantcad.log" ;;
 sanitize)
     for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
         compute-sanitizer --tool $tool "$G/cuda-tests" --test-threads 1 one_pass_scan_small_shapes 2>&1 \

@@ -91,6 +91,20 @@ fn ptx((file, src): (&'static str, &str), cc: (i32, i32), sizes: Sizes) -> Resul
     Ok(ptx)
 }
 
+/// The architecture the kernels are compiled for: the device's, or an older one named by
+/// `DNA_MAMBA_CC` (e.g. `80`), whose PTX the driver JIT-compiles for the device. That runs the
+/// generic (sm_80) build on a newer GPU, which is how the GPU tests cover the path that A100s
+/// and consumer cards take; a target newer than the device is refused.
+fn target(device: (i32, i32)) -> Result<(i32, i32)> {
+    let Ok(v) = std::env::var("DNA_MAMBA_CC") else { return Ok(device) };
+    let n: i32 = v.trim().parse().map_err(|_| anyhow!("DNA_MAMBA_CC={v}: expected a compute capability such as 80"))?;
+    let cc = (n / 10, n % 10);
+    if cc < (8, 0) || cc > device {
+        bail!("DNA_MAMBA_CC={v}: the kernels need compute capability 8.0 or newer, and at most the device's {}.{}", device.0, device.1);
+    }
+    Ok(cc)
+}
+
 /// The model sizes the kernels are compiled for.
 #[derive(Clone, Copy, Debug)]
 pub struct Sizes {
@@ -124,7 +138,7 @@ pub struct Kernels {
 
 impl Kernels {
     pub fn load(ctx: &Arc<CudaContext>, sizes: Sizes) -> Result<Self> {
-        let cc = ctx.compute_capability()?;
+        let cc = target(ctx.compute_capability()?)?;
         let load = |file| ctx.load_module(ptx(file, cc, sizes)?).map_err(anyhow::Error::from);
         let (stream, conv, scan) = (load(STREAM)?, load(CONV)?, load(SCAN)?);
         let f = |m: &Arc<CudaModule>, name: &str| m.load_function(name).map_err(|e| anyhow!("kernel {name}: {e}"));
