@@ -46,12 +46,6 @@ d = max(abs(x - y) for x, y in zip(b, f))
 print(f"bf16 vs f32: {len(b)} scores, max |diff| {d:.3g}, f32 score range [{min(f):.3g}, {max(f):.3g}]")
 PY
     done 2>&1 | tee "$OUT/plantcad.log" ;;
-chan)
-    # the channel-major one-pass scan (DNA_MAMBA_SCAN=chan) against the default two-pass scan
-    for v in "two-pass 8 ph" "chan 8 ph" "chan 16 ph" "chan 16 ps"; do
-        read -r scan items kind <<< "$v"
-        DNA_MAMBA_SCAN=$scan DNA_MAMBA_CHAN_ITEMS=$items DNA_MAMBA_BENCH_KIND=$kind "$G/cuda-tests" --ignored --nocapture bench_forward 2>&1 | grep -E "^\|"
-    done | tee "$OUT/chan.log" ;;
 sanitize)
     for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
         compute-sanitizer --tool $tool "$G/cuda-tests" --test-threads 1 one_pass_scan_small_shapes 2>&1 \

@@ -71,13 +71,6 @@ const SCAN_SMEM: usize = 48 << 10;
 const CONV_RUN: usize = 8;
 /// Warps per scan_combine block (COMBINE_GROUPS in kernels/scan.cu).
 const COMBINE_GROUPS: u32 = 32;
-/// Steps per scan_chan thread (ITEMS in kernels/chan.cu).
-const CHAN_ITEMS: usize = 8;
-/// Threads per scan_chan block: one warp, one channel (at most 4 warps, kernels/chan.cu).
-const CHAN_THREADS: u32 = 32;
-/// Row strides of the channel-major intermediates are multiples of this (float4 loads in
-/// scan_chan; 16-byte rows of bf16 for the tensor-core GEMMs).
-const CHAN_ALIGN: usize = 8;
 
 /// Number of CUDA devices, or why none can be used.
 pub fn available() -> Result<usize> {
@@ -183,8 +176,6 @@ pub enum Scan {
     OnePass,
     /// scan_ends, scan_combine, scan_output.
     TwoPass,
-    /// Channel-major intermediates, conv_chan and the one-pass scan_chan (kernels/chan.cu).
-    Chan,
 }
 
 impl Scan {
@@ -192,8 +183,7 @@ impl Scan {
         match std::env::var("DNA_MAMBA_SCAN").as_deref() {
             Err(_) | Ok("") | Ok("two-pass") => Ok(Scan::TwoPass),
             Ok("one-pass") => Ok(Scan::OnePass),
-            Ok("chan") => Ok(Scan::Chan),
-            Ok(other) => anyhow::bail!("DNA_MAMBA_SCAN={other}: expected chan, one-pass or two-pass"),
+            Ok(other) => anyhow::bail!("DNA_MAMBA_SCAN={other}: expected one-pass or two-pass"),
         }
     }
 }
@@ -284,16 +274,6 @@ fn seg_threads() -> Result<usize> {
     }
 }
 
-/// Steps per scan_chan thread; `DNA_MAMBA_CHAN_ITEMS` (8 or 16) overrides it for measurements.
-fn chan_items() -> Result<usize> {
-    match std::env::var("DNA_MAMBA_CHAN_ITEMS").as_deref() {
-        Err(_) => Ok(CHAN_ITEMS),
-        Ok("8") => Ok(8),
-        Ok("16") => Ok(16),
-        Ok(v) => anyhow::bail!("DNA_MAMBA_CHAN_ITEMS={v}: expected 8 or 16"),
-    }
-}
-
 fn grid(items: usize, threads: u32) -> LaunchConfig {
     // kernels loop over their items, so the grid can be capped
     let blocks = items.div_ceil(threads as usize).clamp(1, 1 << 20) as u32;
@@ -341,7 +321,7 @@ impl Cuda {
         let stream = ctx.new_stream()?;
         let blas = CudaBlas::new(stream.clone()).context("cuBLAS")?;
         let cfg = &model.config;
-        let sizes = Sizes { d_state: cfg.d_state, d_conv: cfg.d_conv, d_inner: cfg.d_inner(), dt_rank: cfg.dt_rank(), chan_items: chan_items()? };
+        let sizes = Sizes { d_state: cfg.d_state, d_conv: cfg.d_conv, d_inner: cfg.d_inner(), dt_rank: cfg.dt_rank() };
         let k = Kernels::load(&ctx, sizes)?;
         let sms = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as usize;
         let (major, minor) = ctx.compute_capability()?;
@@ -670,231 +650,6 @@ impl Cuda {
         Ok(())
     }
 
-    /// Column-major `C[m, n] = beta·C + op(A)·op(B)` (cuBLAS's own convention; `ta` / `tb`
-    /// transpose A / B), A and B of type `ab`, C f32: the channel-major path's GEMMs, which
-    /// pick the storage order of each operand by these flags.
-    ///
-    /// SAFETY: the pointers must address device memory of the extents the shapes and leading
-    /// dimensions imply, on this stream.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm_cm(
-        &self,
-        ab: cudaDataType_t,
-        (ta, tb): (bool, bool),
-        (m, n, k): (usize, usize, usize),
-        (a, lda): (u64, usize),
-        (b, ldb): (u64, usize),
-        (c, ldc): (u64, usize),
-        beta: f32,
-    ) -> Result<()> {
-        let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
-        let alpha = 1.0f32;
-        // SAFETY: the caller's contract; alpha and beta outlive the (enqueueing) call.
-        unsafe {
-            gemm_ex(
-                *self.blas.handle(),
-                op(ta),
-                op(tb),
-                i32_of(m, "gemm m")?,
-                i32_of(n, "gemm n")?,
-                i32_of(k, "gemm k")?,
-                (&alpha) as *const f32 as *const c_void,
-                a as *const c_void,
-                ab,
-                i32_of(lda, "gemm lda")?,
-                b as *const c_void,
-                ab,
-                i32_of(ldb, "gemm ldb")?,
-                (&beta) as *const f32 as *const c_void,
-                c as *mut c_void,
-                cudaDataType_t::CUDA_R_32F,
-                i32_of(ldc, "gemm ldc")?,
-                cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .context("cuBLAS GEMM (channel-major)")?;
-        Ok(())
-    }
-
-    /// A projection weight's device address and operand type.
-    fn weight_operand(&self, w: &Weight) -> (u64, cudaDataType_t) {
-        match w {
-            Weight::F32(v) => (v.device_ptr(&self.stream).0, cudaDataType_t::CUDA_R_32F),
-            Weight::Bf16(v) => (v.device_ptr(&self.stream).0, cudaDataType_t::CUDA_R_16BF),
-        }
-    }
-
-    /// `in_proj` into channel-major `[x | z]`: `xz[o][col0 + i] = Σ_k u[r0 + i][col + k]·W[o][k]`
-    /// for the `rows` rows from `r0` of `input`'s column block (f32, or in bf16 mode the bf16
-    /// rows `rms_norm` left in the first half of its bytes), row stride `ld`.
-    #[allow(clippy::too_many_arguments)]
-    fn in_proj_chan(&self, w: &Weight, input: &CudaBuf, r0: usize, col: usize, rows: usize, xz: u64, ld: usize) -> Result<()> {
-        let cfg = &self.model.config;
-        let (d, di) = (cfg.d_model, cfg.d_inner());
-        ensure!((r0 + rows) * input.width <= input.data.len() && col + d <= input.width, "in_proj: rows out of range");
-        let (wp, ab) = self.weight_operand(w);
-        let elem = if ab == cudaDataType_t::CUDA_R_16BF { 2 } else { 4 };
-        let a = input.data.device_ptr(&self.stream).0 + ((r0 * input.width + col) * elem) as u64;
-        // SAFETY: `rows` rows of `width` elements from r0 are within the input (checked); W is
-        // 2·di x d; the callers' xz holds 2·di rows of ld >= rows floats from xz.
-        unsafe { self.gemm_cm(ab, (true, false), (rows, 2 * di, d), (a, input.width), (wp, d), (xz, ld), 0.0) }
-    }
-
-    /// `acc[r0 + i][col + o] += Σ_c W[o][c]·y[c][i]`: `out_proj` from channel-major `y` (f32,
-    /// or bf16 bits in bf16 mode; row stride ld) into the residual's column block.
-    #[allow(clippy::too_many_arguments)]
-    fn out_proj_chan(&self, w: &Weight, y: u64, ld: usize, acc: &mut CudaBuf, r0: usize, col: usize, rows: usize) -> Result<()> {
-        let cfg = &self.model.config;
-        let (d, di) = (cfg.d_model, cfg.d_inner());
-        ensure!((r0 + rows) * acc.width <= acc.data.len() && col + d <= acc.width, "out_proj: rows out of range");
-        let (wp, ab) = self.weight_operand(w);
-        let c = acc.data.device_ptr_mut(&self.stream).0 + ((r0 * acc.width + col) * 4) as u64;
-        // SAFETY: W is d x di; y holds di rows of ld >= rows elements; `rows` rows of the
-        // residual from r0 (checked).
-        unsafe { self.gemm_cm(ab, (true, true), (d, rows, di), (wp, di), (y, ld), (c, acc.width), 1.0) }
-    }
-
-    /// `run_mixer` with channel-major intermediates (`Scan::Chan`): each chunk's `[x | z]`,
-    /// conv output, `[δ_r | B | C]`, Δ and gated output are `[channel][step]` with a row
-    /// stride `ld` (a multiple of CHAN_ALIGN), storage column i at `off + i` (off = ld - t for
-    /// a backward walk, so that every thread's steps are whole float4s either way); the
-    /// shared layer's full-context buffers are `[channel][len]`.
-    #[allow(clippy::too_many_arguments)]
-    fn run_mixer_chan(
-        &self,
-        m: &DevMamba,
-        input: &CudaBuf,
-        acc: &mut CudaBuf,
-        len: usize,
-        view: View,
-        carry: Option<&mut CudaBuf>,
-        shared: Option<SharedPass<'_>>,
-    ) -> Result<()> {
-        let cfg = &self.model.config;
-        let (d, di, n, rk) = (cfg.d_model, cfg.d_inner(), cfg.d_state, cfg.dt_rank());
-        let nx = rk + 2 * n;
-        let (w_in, w_out) = (input.width, acc.width);
-        ensure!(view.col + d <= w_in && view.col + d <= w_out, "mixer: view outside the buffer");
-        ensure!(len <= input.rows && len <= acc.rows, "mixer: rows out of range");
-        if len == 0 {
-            return Ok(());
-        }
-        let (in_proj, out_proj) = match (&m.flipped, view.flip_channels) {
-            (_, false) => (&*m.in_proj, &*m.out_proj),
-            (Some((i, o)), true) => (&**i, &**o),
-            (None, true) => anyhow::bail!("channel-flipped view on a model without RCPS"),
-        };
-        let half = self.precision == Precision::Bf16;
-        let (half32, rev32, rk32) = (half as i32, view.backward as i32, i32_of(rk, "dt_rank")?);
-        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        let (rec, packed) = match records.as_ref() {
-            Some(r) => {
-                ensure!(r.len == len, "mixer: {len} rows but the packed records cover {}", r.len);
-                (&r.rec, 1i32)
-            }
-            None => (&self.no_records, 0i32),
-        };
-        let len64 = len as i64;
-        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let chunk = if shared.is_some() { self.shared_chunk } else { self.chunk };
-        let s = self.scratch(&mut guard, chunk.min(len).next_multiple_of(CHAN_ALIGN))?;
-        let conv_len = (cfg.d_conv - 1) * di;
-        let carry = match carry {
-            Some(state) => {
-                ensure!(state.data.len() >= conv_len + di * n, "mixer: carry state of the wrong size");
-                self.stream.memcpy_dtod(&state.data.slice(..conv_len), &mut s.conv_in)?;
-                self.stream.memcpy_dtod(&state.data.slice(conv_len..conv_len + di * n), &mut s.ssm)?;
-                Some(state)
-            }
-            None => {
-                self.stream.memset_zeros(&mut s.conv_in)?;
-                self.stream.memset_zeros(&mut s.ssm)?;
-                None
-            }
-        };
-        // event tracking is off: the guards of device_ptr only hold the addresses
-        let ptr = |v: &CudaSlice<f32>| v.device_ptr(&self.stream).0;
-        let (xz_s, xc, dbc, delta) = (ptr(&s.xz), ptr(&s.xc), ptr(&s.dbc), ptr(&s.delta));
-        let xc_h = s.xc_h.device_ptr(&self.stream).0;
-        let (dt_w, rec_p) = (ptr(&m.dt_w), rec.device_ptr(&self.stream).0);
-        let shared_ptrs = shared.as_ref().map(|p| (ptr(p.xz), ptr(p.y), p.y_h.device_ptr(&self.stream).0, p.first));
-
-        let mut start = 0;
-        while start < len {
-            let t = chunk.min(len - start);
-            let ld = t.next_multiple_of(CHAN_ALIGN);
-            let off = if view.backward { ld - t } else { 0 };
-            let r0 = if view.backward { len - start - t } else { start };
-            let (t32, ld32, off32, r0_64) = (i32_of(t, "chunk")?, i32_of(ld, "chunk")?, off as i32, r0 as i64);
-            // the x and z rows of [x | z], storage column 0: the chunk's own or the context's
-            let (x_in, ld_x) = match shared_ptrs {
-                Some((xz, ..)) => (xz + (r0 * 4) as u64, len),
-                None => {
-                    self.in_proj_chan(in_proj, input, r0, view.col, t, xz_s + (off * 4) as u64, ld)?;
-                    (xz_s + (off * 4) as u64, ld)
-                }
-            };
-            let z_in = x_in + (di * ld_x * 4) as u64;
-            let ld_x64 = ld_x as i64;
-
-            let mut b = self.stream.launch_builder(&self.k.conv_chan);
-            b.arg(&x_in).arg(&ld_x64).arg(&xc).arg(&xc_h).arg(&ld32).arg(&off32);
-            b.arg(&s.conv_in).arg(&mut s.conv_out).arg(&m.conv_w).arg(&m.conv_b).arg(&t32).arg(&rev32);
-            b.arg(&rec_p).arg(&r0_64).arg(&len64).arg(&packed).arg(&half32);
-            // SAFETY: x holds di rows of ld_x >= t floats from x_in; xc (and xc_h in bf16 mode)
-            // di rows of ld from column off (scratch rows >= ld); the conv states are
-            // (d_conv-1)·di; weights di·d_conv and di; record ids cover the len rows (checked).
-            unsafe { b.launch(grid((t + cfg.d_conv - 1) * di, 256)) }?;
-            std::mem::swap(&mut s.conv_in, &mut s.conv_out);
-
-            // [δ_r | B | C] = W_x · x, then δ = W_dt · δ_r, both [row][step]
-            let (wx, ab) = self.weight_operand(&m.x_proj);
-            let x_op = if half { xc_h + (off * 2) as u64 } else { xc + (off * 4) as u64 };
-            // SAFETY: x is di rows of ld from column off, W_x nx x di, dbc nx rows of ld (scratch
-            // holds nx·rows floats); W_dt is di x rk, δ di rows of ld.
-            unsafe {
-                self.gemm_cm(ab, (false, false), (t, nx, di), (x_op, ld), (wx, di), (dbc + (off * 4) as u64, ld), 0.0)?;
-                self.gemm_cm(cudaDataType_t::CUDA_R_32F, (false, false), (t, di, rk), (dbc + (off * 4) as u64, ld), (dt_w, rk), (delta + (off * 4) as u64, ld), 0.0)?;
-            }
-
-            let acc_mode: i32 = match shared_ptrs {
-                None => 0,
-                Some((.., true)) => 1,
-                Some(_) => 2,
-            };
-            // outputs from the chunk's storage column 0: over x / into xc_h, or the shared sums
-            let (y, y_h, ld_y) = match shared_ptrs {
-                Some((_, y, y_h, _)) => (y + (r0 * 4) as u64, y_h + (r0 * 2) as u64, len),
-                None => (xc + (off * 4) as u64, xc_h + (off * 2) as u64, ld),
-            };
-            let (ld_z64, ld_y64) = (ld_x as i64, ld_y as i64);
-            let mut b = self.stream.launch_builder(&self.k.scan_chan);
-            b.arg(&xc).arg(&delta).arg(&dbc).arg(&z_in).arg(&ld_z64).arg(&m.a2).arg(&m.dt_b).arg(&m.d).arg(&mut s.ssm);
-            b.arg(&t32).arg(&ld32).arg(&off32).arg(&rk32).arg(&rev32);
-            b.arg(&rec_p).arg(&r0_64).arg(&len64).arg(&packed);
-            b.arg(&y).arg(&y_h).arg(&ld_y64).arg(&half32).arg(&acc_mode);
-            // SAFETY: x, δ are di rows and dbc nx rows of ld floats (columns off..off+t used);
-            // z di rows of ld_z from z_in; the outputs di rows of ld_y from y / y_h (bf16 only
-            // in bf16 mode, where xc_h or the shared y_h is di·rows); the state di·n; one block
-            // per channel.
-            let warps = CHAN_THREADS as usize / 32;
-            let cfg_launch = LaunchConfig { grid_dim: (di.div_ceil(warps) as u32, 1, 1), block_dim: (CHAN_THREADS, 1, 1), shared_mem_bytes: 0 };
-            unsafe { b.launch(cfg_launch) }?;
-
-            if shared_ptrs.is_none() {
-                let y_op = if half { xc_h + (off * 2) as u64 } else { xc + (off * 4) as u64 };
-                self.out_proj_chan(out_proj, y_op, ld, acc, r0, view.col, t)?;
-            }
-            start += t;
-        }
-        if let Some(state) = carry {
-            self.stream.memcpy_dtod(&s.conv_in, &mut state.data.slice_mut(..conv_len))?;
-            self.stream.memcpy_dtod(&s.ssm, &mut state.data.slice_mut(conv_len..conv_len + di * n))?;
-        }
-        Ok(())
-    }
-
     fn scratch<'a>(&self, slot: &'a mut Option<Scratch>, rows: usize) -> Result<&'a mut Scratch> {
         let cfg = &self.model.config;
         let (di, n) = (cfg.d_inner(), cfg.d_state);
@@ -1075,9 +830,6 @@ impl Cuda {
         carry: Option<&mut CudaBuf>,
         mut shared: Option<SharedPass<'_>>,
     ) -> Result<()> {
-        if self.scan == Scan::Chan {
-            return self.run_mixer_chan(m, input, acc, len, view, carry, shared);
-        }
         let cfg = &self.model.config;
         let (d, di, n, rk) = (cfg.d_model, cfg.d_inner(), cfg.d_state, cfg.dt_rank());
         let nx = rk + 2 * n;
@@ -1217,7 +969,7 @@ impl Cuda {
             };
             match self.scan {
                 Scan::OnePass => self.scan_one_pass(m, bufs, &io, &grids)?,
-                Scan::TwoPass | Scan::Chan => self.scan_two_pass(m, bufs, &io, &grids)?,
+                Scan::TwoPass => self.scan_two_pass(m, bufs, &io, &grids)?,
             }
             drop((y_acc, y_h));
 
@@ -1344,9 +1096,7 @@ impl Backend for Cuda {
         let sh = self.shared_scratch(&mut guard, len)?;
         // [x | z] = u · W_inᵀ once for the whole context and both directions
         let u = input.data.slice(view.col..);
-        let chan = self.scan == Scan::Chan;
         match in_proj {
-            _ if chan => self.in_proj_chan(in_proj, input, 0, view.col, len, sh.xz.device_ptr(&self.stream).0, len)?,
             Weight::F32(w) => self.linear(w, 2 * di, d, &u, w_in, len, &mut sh.xz.slice_mut(..), 2 * di, 0.0)?,
             Weight::Bf16(w) => self.in_proj_bf16(w, input, 0, view.col, len, &mut sh.xz)?,
         }
@@ -1355,10 +1105,6 @@ impl Backend for Cuda {
             self.run_mixer(m, input, acc, len, v, None, Some(pass))?;
         }
         // acc += (y_fwd + y_rev) · W_outᵀ, once
-        if chan {
-            let y = if self.precision == Precision::Bf16 { sh.y_h.device_ptr(&self.stream).0 } else { sh.y.device_ptr(&self.stream).0 };
-            return self.out_proj_chan(out_proj, y, len, acc, 0, view.col, len);
-        }
         let mut o = acc.data.slice_mut(view.col..);
         match out_proj {
             Weight::F32(w) => self.linear(w, d, di, &sh.y.slice(..), di, len, &mut o, w_out, 1.0)?,

@@ -12,7 +12,6 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions, Ptx};
 const STREAM: (&str, &str) = ("stream.cu", include_str!("../../../kernels/stream.cu"));
 const CONV: (&str, &str) = ("conv.cu", include_str!("../../../kernels/conv.cu"));
 const SCAN: (&str, &str) = ("scan.cu", include_str!("../../../kernels/scan.cu"));
-const CHAN: (&str, &str) = ("chan.cu", include_str!("../../../kernels/chan.cu"));
 
 /// cudarc panics (inside a `OnceLock`) when a library it needs is missing, so each one is
 /// probed first and reported as an error.
@@ -58,14 +57,14 @@ pub fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     }
 }
 
-/// (file, compute capability, the sizes compiled in: d_state, d_conv, d_inner, dt_rank, chan_items)
-type Key = (&'static str, (i32, i32), [usize; 5]);
+/// (file, compute capability, the model sizes compiled in: d_state, d_conv, d_inner, dt_rank)
+type Key = (&'static str, (i32, i32), [usize; 4]);
 
 /// PTX per `Key`: compiled once per process.
 fn ptx((file, src): (&'static str, &str), cc: (i32, i32), sizes: Sizes) -> Result<Ptx> {
     static CACHE: OnceLock<Mutex<HashMap<Key, String>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    let key = (file, cc, [sizes.d_state, sizes.d_conv, sizes.d_inner, sizes.dt_rank, sizes.chan_items]);
+    let key = (file, cc, [sizes.d_state, sizes.d_conv, sizes.d_inner, sizes.dt_rank]);
     if let Some(ptx) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return Ok(Ptx::from_src(ptx.clone()));
     }
@@ -78,7 +77,6 @@ fn ptx((file, src): (&'static str, &str), cc: (i32, i32), sizes: Sizes) -> Resul
             format!("-DD_CONV={}", sizes.d_conv),
             format!("-DD_INNER={}", sizes.d_inner),
             format!("-DDT_RANK={}", sizes.dt_rank),
-            format!("-DITEMS={}", sizes.chan_items),
             "--std=c++17".into(),
         ],
         ..Default::default()
@@ -114,8 +112,6 @@ pub struct Sizes {
     pub d_conv: usize,
     pub d_inner: usize,
     pub dt_rank: usize,
-    /// Steps per thread of scan_chan (ITEMS in kernels/chan.cu: 8 or 16).
-    pub chan_items: usize,
 }
 
 impl Sizes {
@@ -138,15 +134,13 @@ pub struct Kernels {
     pub scan_output: CudaFunction,
     pub scan_fused: CudaFunction,
     pub scan_fix: CudaFunction,
-    pub conv_chan: CudaFunction,
-    pub scan_chan: CudaFunction,
 }
 
 impl Kernels {
     pub fn load(ctx: &Arc<CudaContext>, sizes: Sizes) -> Result<Self> {
         let cc = target(ctx.compute_capability()?)?;
         let load = |file| ctx.load_module(ptx(file, cc, sizes)?).map_err(anyhow::Error::from);
-        let (stream, conv, scan, chan) = (load(STREAM)?, load(CONV)?, load(SCAN)?, load(CHAN)?);
+        let (stream, conv, scan) = (load(STREAM)?, load(CONV)?, load(SCAN)?);
         let f = |m: &Arc<CudaModule>, name: &str| m.load_function(name).map_err(|e| anyhow!("kernel {name}: {e}"));
         Ok(Kernels {
             embed: f(&stream, "embed")?,
@@ -159,8 +153,6 @@ impl Kernels {
             scan_output: f(&scan, "scan_output")?,
             scan_fused: f(&scan, "scan_fused")?,
             scan_fix: f(&scan, "scan_fix")?,
-            conv_chan: f(&chan, "conv_chan")?,
-            scan_chan: f(&chan, "scan_chan")?,
         })
     }
 }
