@@ -60,7 +60,8 @@ pub fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 /// (file, compute capability, the model sizes compiled in: d_state, d_conv, d_inner, dt_rank)
 type Key = (&'static str, (i32, i32), [usize; 4]);
 
-/// PTX per `Key`: compiled once per process.
+/// PTX per `Key`: compiled once per process, and kept on disk between processes (`disk`): NVRTC
+/// takes ~2-3 s for the three modules, which every GPU run would otherwise pay at start.
 fn ptx((file, src): (&'static str, &str), cc: (i32, i32), sizes: Sizes) -> Result<Ptx> {
     static CACHE: OnceLock<Mutex<HashMap<Key, String>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
@@ -68,8 +69,7 @@ fn ptx((file, src): (&'static str, &str), cc: (i32, i32), sizes: Sizes) -> Resul
     if let Some(ptx) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return Ok(Ptx::from_src(ptx.clone()));
     }
-    let opts = CompileOptions {
-        options: vec![
+    let options = vec![
             format!("--gpu-architecture=sm_{}{}", cc.0, cc.1),
             // the scan's state and the conv window live in registers, and the scan's row
             // strides are immediates: sizes fixed at compile time
@@ -78,17 +78,113 @@ fn ptx((file, src): (&'static str, &str), cc: (i32, i32), sizes: Sizes) -> Resul
             format!("-DD_INNER={}", sizes.d_inner),
             format!("-DDT_RANK={}", sizes.dt_rank),
             "--std=c++17".into(),
-        ],
-        ..Default::default()
-    };
+        ];
+    // the whole input of the compilation: the NVRTC version, the options, the source
+    let version = nvrtc_version();
+    let identity = format!("dna-mamba kernel cache 1\nnvrtc {version}\n{file}\n{}\n{src}", options.join(" "));
+    if let Some(text) = disk::load(&identity) {
+        cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, text.clone());
+        return Ok(Ptx::from_src(text));
+    }
+    let opts = CompileOptions { options, ..Default::default() };
     let ptx = compile_ptx_with_opts(src, opts).map_err(|e| match e {
         CompileError::CompileError { log, .. } => {
             anyhow!("NVRTC failed to compile kernels/{file}:\n{}", log.to_string_lossy())
         }
         other => anyhow!("NVRTC, kernels/{file}: {other}"),
     })?;
-    cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, ptx.to_src());
+    let text = ptx.to_src();
+    disk::store(&identity, &text);
+    cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, text);
     Ok(ptx)
+}
+
+/// "major.minor" of the NVRTC library loaded (part of a cached kernel's identity).
+fn nvrtc_version() -> String {
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: nvrtcVersion writes two ints through the pointers; check_libraries found NVRTC.
+    let rc = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    if rc == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS { format!("{major}.{minor}") } else { "unknown".into() }
+}
+
+/// Compiled kernels on disk: `$DNA_MAMBA_KERNEL_CACHE`, else `$XDG_CACHE_HOME/dna-mamba/kernels`,
+/// else `~/.cache/dna-mamba/kernels` (`DNA_MAMBA_KERNEL_CACHE=off`: none). A file is named by a
+/// hash of everything its compilation read and starts with that text, so a collision or a
+/// stale file is recompiled, never used. The cache only saves time: a folder that cannot be
+/// read or written means compiling, never an error.
+pub(crate) mod disk {
+    use std::path::{Path, PathBuf};
+
+    fn dir() -> Option<PathBuf> {
+        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        match var("DNA_MAMBA_KERNEL_CACHE") {
+            Some(p) if p.as_os_str() == "off" => None,
+            Some(p) => Some(p),
+            None => var("XDG_CACHE_HOME").map(|c| c.join("dna-mamba/kernels")).or_else(|| var("HOME").map(|h| h.join(".cache/dna-mamba/kernels"))),
+        }
+    }
+
+    /// FNV-1a, 64 bits: stable across builds (std's hasher is not).
+    fn fnv(text: &str) -> u64 {
+        text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+    }
+
+    fn path(root: &Path, identity: &str) -> PathBuf {
+        root.join(format!("{:016x}.ptx", fnv(identity)))
+    }
+
+    pub fn load(identity: &str) -> Option<String> {
+        load_in(&dir()?, identity)
+    }
+
+    pub fn store(identity: &str, ptx: &str) {
+        if let Some(root) = dir() {
+            store_in(&root, identity, ptx)
+        }
+    }
+
+    fn load_in(root: &Path, identity: &str) -> Option<String> {
+        let text = std::fs::read_to_string(path(root, identity)).ok()?;
+        let rest = text.strip_prefix(identity)?.strip_prefix("\n\0\n")?;
+        Some(rest.to_string())
+    }
+
+    fn store_in(root: &Path, identity: &str, ptx: &str) {
+        let path = path(root, identity);
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(path.parent().expect("a file in the cache folder"))?;
+            // written whole under a unique name, then renamed: a reader sees all of it or none
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, format!("{identity}\n\0\n{ptx}"))?;
+            std::fs::rename(&tmp, &path).inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })
+        };
+        let _ = write();
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn stored_kernels_load_only_for_the_same_compilation() {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("kernels");
+            assert_eq!(load_in(&root, "a\nsource"), None);
+            store_in(&root, "a\nsource", "PTX one");
+            assert_eq!(load_in(&root, "a\nsource").as_deref(), Some("PTX one"));
+            assert_eq!(load_in(&root, "a\nsource, edited"), None);
+            // a file of another compilation under the same name (a hash collision) is not used
+            std::fs::write(path(&root, "a\nsource"), "b\nsource\n\0\nPTX two").unwrap();
+            assert_eq!(load_in(&root, "a\nsource"), None);
+            // a cache that cannot be written is no error: nothing is stored
+            let file = dir.path().join("plain-file");
+            std::fs::write(&file, "").unwrap();
+            store_in(&file.join("sub"), "c", "PTX three");
+            assert_eq!(load_in(&file.join("sub"), "c"), None);
+        }
+    }
 }
 
 /// The architecture the kernels are compiled for: the device's, or an older one named by
