@@ -2,7 +2,8 @@
 # GPU engine v2, stage 2 (scan instruction diet, dt_proj in the scan, bf16 norm output): tests,
 # sanitizer, forward-only sweeps, CLI benchmarks and a per-kernel profile in one device call.
 # Run from the repository root on the GPU machine with the carried folder G holding cuda-tests
-# (cargo test --release --test cuda --no-run) and dna-mamba.
+# (cargo test --release --test cuda --no-default-features --features cuda --no-run: no built-in
+# model in it) and dna-mamba.
 # usage: scripts/gpu-stage2.sh G [tests] [tests80] [sanitize] [sweep] [cli] [ncu] [detail] [plantcad]
 #   tests80   the GPU tests on the generic build (kernels compiled for sm_80, JIT-compiled by the driver)
 #   plantcad  issue 16's zero-shot benchmark: random PlantCaduceus l20 / l32 models, the variants in

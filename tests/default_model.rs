@@ -2,6 +2,7 @@
 //! the PyTorch training model: fp32 raw logits of held-out sequences computed on the GPU by the
 //! training code (tests/fixtures/default_parity/expected.safetensors, `logits.<id>` [L, 16]).
 //! Tolerance: <= 1e-4 norm-wise relative error per record.
+#![cfg(feature = "builtin-model")]
 
 mod common;
 
