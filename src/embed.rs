@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 
 use crate::backend::Backend;
+use crate::batch::{self, Policy};
 use crate::model::{forward::Engine, lm_head, Model};
 use crate::tiling::{self, Tile};
 use crate::tokenizer;
@@ -351,18 +352,13 @@ impl<B: Backend> Embedder<B> {
         let hw = self.engine.row_width();
         let pack = self.engine.supports_packing();
         let passes = self.passes();
-        let mut first = 0;
         let mut q0 = 0;
         let mut tokens = Vec::new();
         let mut sums = Vec::new();
-        while first < records.len() {
-            // greedy: as many records as fit pack_bases (at least one)
-            let mut end = first + 1;
-            let mut bases = records[first].len();
-            while pack && end < records.len() && bases + records[end].len() <= pack_bases {
-                bases += records[end].len();
-                end += 1;
-            }
+        let policy = if pack { Policy { limit: Some(self.context), max_bases: pack_bases } } else { Policy::ALONE };
+        let lens: Vec<usize> = records.iter().map(|r| r.len()).collect();
+        for (range, _) in batch::ranges(&lens, policy) {
+            let (first, end) = (range.start, range.end);
             let group = &records[first..end];
             let q1 = q0 + queries[q0..].iter().take_while(|q| q.0 < end).count();
             let mut starts = Vec::with_capacity(group.len());
@@ -401,7 +397,6 @@ impl<B: Backend> Embedder<B> {
                     }
                 }
             }
-            first = end;
             q0 = q1;
         }
         Ok(())

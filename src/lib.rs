@@ -1,6 +1,7 @@
 //! dna-mamba: Caduceus / Mamba DNA language models for shell pipelines.
 
 pub mod backend;
+pub mod batch;
 pub mod cli;
 pub mod embed;
 pub mod error;

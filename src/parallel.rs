@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{anyhow, Result};
 
 use crate::backend::Backend;
+use crate::batch::{Batcher, Group, Policy};
 use crate::embed::{Embedder, Feature, Strand};
 use crate::model::Model;
 use crate::pool::ReadPool;
@@ -83,29 +84,18 @@ pub fn pooled_means<B: Backend>(
         drop(res_tx);
         let mut order = Order { next: 0, pending: BTreeMap::new() };
         let mut seq = 0;
-        let mut batch: Job = (0, Vec::new());
-        let mut bases = 0;
+        let policy = if pack_bases > 0 { Policy { limit: Some(context), max_bases: pack_bases } } else { Policy::ALONE };
+        // records tagged with their input index; a job is a group, led by its first index
+        let mut batcher = Batcher::<(usize, String, Vec<u8>)>::new(policy);
         let fed = (|| -> Result<()> {
-            let send = |batch: &mut Job, seq: usize| -> Result<()> {
-                let job = std::mem::replace(batch, (seq, Vec::new()));
-                if !job.1.is_empty() {
-                    job_tx.send(job).map_err(|_| anyhow!("all workers stopped"))?;
-                }
-                Ok(())
+            let mut send = |g: Group<(usize, String, Vec<u8>)>| -> Result<()> {
+                let recs = g.into_records();
+                let job = (recs[0].0, recs.into_iter().map(|(_, id, t)| (id, t)).collect());
+                job_tx.send(job).map_err(|_| anyhow!("all workers stopped"))
             };
             let fed = feed(&mut |id, tokens| {
-                let short = pack_bases > 0 && tokens.len() <= context;
-                if !short || bases + tokens.len() > pack_bases {
-                    send(&mut batch, seq)?;
-                    bases = 0;
-                }
-                batch.1.push((id.to_string(), tokens.to_vec()));
-                bases += tokens.len();
+                batcher.push((seq, id.to_string(), tokens.to_vec()), tokens.len(), &mut send)?;
                 seq += 1;
-                if !short {
-                    send(&mut batch, seq)?;
-                    bases = 0;
-                }
                 // write what is ready while reading on, so finished rows do not pile up
                 while let Ok(r) = res_rx.try_recv() {
                     order.take(r, emit)?;
@@ -113,7 +103,7 @@ pub fn pooled_means<B: Backend>(
                 Ok(())
             });
             // records read before an input error are still computed and written
-            let sent = send(&mut batch, seq);
+            let sent = batcher.flush(&mut send);
             fed.and(sent)
         })();
         drop(job_tx);

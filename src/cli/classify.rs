@@ -11,6 +11,7 @@ use clap::{Args, ValueEnum};
 
 use super::{for_each_record, load_model, on_backend, Common, OnBackend, Totals, Tiles};
 use crate::backend::Backend;
+use crate::batch::{Batcher, Group, Policy};
 use crate::embed::{Embedder, Feature};
 use crate::heads::features::{BackboneFeatures, Featurizer, KmerFeatures};
 use crate::heads::metrics::argmax;
@@ -216,21 +217,18 @@ impl Plan<'_> {
             row.end().with_context(|| format!("record '{id}'"))
         };
         // short records go to the featurizer in batches where it takes them (packed contexts)
-        let limit = feats.batch_limit();
         let dim = feats.dim();
-        let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
-        let mut bases = 0;
+        let mut batcher = Batcher::new(Policy { limit: feats.batch_limit(), max_bases: feats.batch_bases() });
         type Write<'w> = dyn FnMut(&mut Csv<Output>, &str, usize, &[f32]) -> Result<()> + 'w;
-        let flush = |batch: &mut Vec<(String, Vec<u8>)>,
-                     feats: &mut dyn Featurizer,
-                     w: &mut Csv<Output>,
-                     progress: &mut Progress,
-                     x: &mut Vec<f32>,
-                     write: &mut Write|
+        // a packed group: features of all its records in one call, rows in input order
+        let run_group = |g: Group<(String, Vec<u8>)>,
+                         feats: &mut dyn Featurizer,
+                         w: &mut Csv<Output>,
+                         progress: &mut Progress,
+                         x: &mut Vec<f32>,
+                         write: &mut Write|
          -> Result<()> {
-            if batch.is_empty() {
-                return Ok(());
-            }
+            let batch = g.into_records();
             x.clear();
             let refs: Vec<&[u8]> = batch.iter().map(|(_, t)| t.as_slice()).collect();
             feats.read_batch(&refs, x).with_context(|| format!("a batch of {} records ('{}' to '{}')", batch.len(), batch[0].0, batch[batch.len() - 1].0))?;
@@ -238,30 +236,23 @@ impl Plan<'_> {
                 write(w, id, t.len(), row)?;
                 progress.record_done(t.len());
             }
-            batch.clear();
             Ok(())
         };
         let mut row = Vec::new();
         let read = for_each_record(&self.a.inputs, self.a.common.skip_bad, &vocab, totals, tokens, &mut |id, toks| {
-            if limit.is_some_and(|l| toks.len() <= l) {
-                if bases + toks.len() > feats.batch_bases() {
-                    flush(&mut batch, feats, &mut w, progress, &mut x, &mut write)?;
-                    bases = 0;
-                }
-                batch.push((id.to_string(), toks.to_vec()));
-                bases += toks.len();
-                return Ok(());
+            let mut emit = |g: Group<(String, Vec<u8>)>| run_group(g, feats, &mut w, progress, &mut x, &mut write);
+            if batcher.packs(toks.len()) {
+                return batcher.push((id.to_string(), toks.to_vec()), toks.len(), &mut emit);
             }
-            // a long record: the pending short ones go first, to keep the input order
-            flush(&mut batch, feats, &mut w, progress, &mut x, &mut write)?;
-            bases = 0;
+            // a long record, from the reader's buffer: the pending short ones go first
+            batcher.flush(&mut emit)?;
             feats.read(toks, &mut row, &mut |n| progress.bases(n))?;
             write(&mut w, id, toks.len(), &row)?;
             progress.record_done(toks.len());
             Ok(())
         });
         // records read before an input error are still classified and written
-        let flushed = flush(&mut batch, feats, &mut w, progress, &mut x, &mut write);
+        let flushed = batcher.flush(&mut |g| run_group(g, feats, &mut w, progress, &mut x, &mut write));
         read?;
         flushed?;
         w.into_inner()

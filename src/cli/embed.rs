@@ -11,6 +11,7 @@ use clap::{Args, ValueEnum};
 
 use super::{flag_value, device_list, for_each_record, for_each_region, load_model, resolve_regions, on_backend, Common, OnBackend, Totals, Tiles};
 use crate::backend::Backend;
+use crate::batch::{Batcher, Group, Policy};
 use crate::embed::{ascending_layers, Embedder, Feature, Strand};
 use crate::model::vocab::Vocab;
 use crate::model::Model;
@@ -23,36 +24,28 @@ use crate::progress::Progress;
 
 use crate::embed::PACK_BASES;
 
-/// Pending short records for one packed context, written in input order.
-#[derive(Default)]
-struct Packed {
+/// Run one packed group of short records and write their mean rows, in input order.
+fn write_packed<B: Backend, W: Write>(
     records: Vec<(String, Vec<u8>)>,
-    bases: usize,
-}
-
-impl Packed {
-    /// Run the pending records, write their mean rows, and empty the batch.
-    fn flush<B: Backend, W: Write>(&mut self, emb: &mut Embedder<B>, csv: &mut Csv<W>, progress: &mut Progress, verbose: bool) -> Result<()> {
-        if self.records.is_empty() {
-            return Ok(());
+    emb: &mut Embedder<B>,
+    csv: &mut Csv<W>,
+    progress: &mut Progress,
+    verbose: bool,
+) -> Result<()> {
+    let toks: Vec<&[u8]> = records.iter().map(|(_, t)| t.as_slice()).collect();
+    let sums = emb.pooled_packed(&toks, emb.engine().pack_bases()).with_context(|| {
+        format!("a packed batch of {} records ('{}' to '{}')", toks.len(), records[0].0, records[toks.len() - 1].0)
+    })?;
+    let means: Vec<Vec<f32>> = records.iter().zip(&sums).map(|((_, toks), sum)| ReadPool::mean_of(sum, toks.len())).collect();
+    let rows: Vec<(&str, usize, &[f32])> = records.iter().zip(&means).map(|((id, toks), m)| (id.as_str(), toks.len(), m.as_slice())).collect();
+    csv.rows(&rows)?;
+    for (id, toks) in &records {
+        progress.record_done(toks.len());
+        if verbose {
+            progress.warn(&format!("done: {id} ({} bases, packed)", toks.len()));
         }
-        let toks: Vec<&[u8]> = self.records.iter().map(|(_, t)| t.as_slice()).collect();
-        let sums = emb.pooled_packed(&toks, emb.engine().pack_bases()).with_context(|| {
-            format!("a packed batch of {} records ('{}' to '{}')", toks.len(), self.records[0].0, self.records[toks.len() - 1].0)
-        })?;
-        let means: Vec<Vec<f32>> = self.records.iter().zip(&sums).map(|((_, toks), sum)| ReadPool::mean_of(sum, toks.len())).collect();
-        let rows: Vec<(&str, usize, &[f32])> = self.records.iter().zip(&means).map(|((id, toks), m)| (id.as_str(), toks.len(), m.as_slice())).collect();
-        csv.rows(&rows)?;
-        for (id, toks) in &self.records {
-            progress.record_done(toks.len());
-            if verbose {
-                progress.warn(&format!("done: {id} ({} bases, packed)", toks.len()));
-            }
-        }
-        self.records.clear();
-        self.bases = 0;
-        Ok(())
     }
+    Ok(())
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,21 +225,17 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
             csv.header(lead, &cols)?;
             // pooled means of short records: packed several to a context where the backend can
             let pack = a.pool == Pool::Mean && a.window.is_none() && emb.can_pack();
-            let pack_max = emb.context;
-            let mut packed = Packed::default();
+            let policy = if pack { Policy { limit: Some(emb.context), max_bases: emb.engine().pack_bases() } } else { Policy::ALONE };
+            let mut batcher = Batcher::new(policy);
+            let verbose = a.common.verbose;
             let read = each_input(a, &model.vocab, &mut totals, &mut tokens, &mut |id, toks, offset| {
-                if pack {
-                    if toks.len() <= pack_max {
-                        if packed.bases + toks.len() > emb.engine().pack_bases() {
-                            packed.flush(&mut emb, &mut csv, &mut progress, a.common.verbose)?;
-                        }
-                        packed.records.push((id.to_string(), toks.to_vec()));
-                        packed.bases += toks.len();
-                        return Ok(());
-                    }
-                    // a long record: the pending short ones go first, to keep the input order
-                    packed.flush(&mut emb, &mut csv, &mut progress, a.common.verbose)?;
+                // (push hands on no lone record here: those are run below, from the reader's buffer)
+                let mut emit = |g: Group<(String, Vec<u8>)>| write_packed(g.into_records(), &mut emb, &mut csv, &mut progress, verbose);
+                if batcher.packs(toks.len()) {
+                    return batcher.push((id.to_string(), toks.to_vec()), toks.len(), &mut emit);
                 }
+                // a long record: the pending short ones go first, to keep the input order
+                batcher.flush(&mut emit)?;
                 let mut bar = |n: usize| progress.bases(n);
                 match (a.pool, a.window) {
                     (Pool::None, _) => emb.record(toks, &mut PositionCsv { out: &mut csv, id, offset }, &mut bar)?,
@@ -267,7 +256,7 @@ fn embed_on<B: Backend>(backend: B, model: Arc<Model>, a: &EmbedArgs) -> Result<
                 Ok(())
             });
             // records read before an input error are still computed and written
-            let flushed = packed.flush(&mut emb, &mut csv, &mut progress, a.common.verbose);
+            let flushed = batcher.flush(&mut |g| write_packed(g.into_records(), &mut emb, &mut csv, &mut progress, verbose));
             read?;
             flushed?;
             if totals.records == 0 && !a.common.quiet {

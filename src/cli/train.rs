@@ -19,6 +19,7 @@ use serde_json::json;
 
 use super::{for_each_record, load_model, on_backend, Common, OnBackend, Totals, Tiles};
 use crate::backend::Backend;
+use crate::batch::{self, Policy};
 use crate::embed::{ascending_layers, Embedder, Feature, Strand};
 use crate::heads::features::{check_feature_size, describe_features, BackboneFeatures, Featurizer, KmerFeatures};
 use crate::heads::fit::{self, FitOptions, MlpOptions, Rng};
@@ -552,33 +553,23 @@ fn featurize(a: &TrainArgs, data: &Data, f: &mut dyn Featurizer) -> Result<(Matr
         match split {
             Split::Reads(recs) => {
                 // short records in batches where the featurizer takes them (packed contexts)
-                let limit = f.batch_limit();
-                let mut i = 0;
-                while i < recs.len() {
-                    let mut end = i;
-                    let mut bases = 0;
-                    while end < recs.len()
-                        && limit.is_some_and(|l| recs[end].tokens.len() <= l)
-                        && (end == i || bases + recs[end].tokens.len() <= f.batch_bases())
-                    {
-                        bases += recs[end].tokens.len();
-                        end += 1;
-                    }
-                    if end > i {
-                        let refs: Vec<&[u8]> = recs[i..end].iter().map(|r| r.tokens.as_slice()).collect();
-                        f.read_batch(&refs, &mut m.x).with_context(|| format!("records '{}' to '{}'", recs[i].id, recs[end - 1].id))?;
+                let policy = Policy { limit: f.batch_limit(), max_bases: f.batch_bases() };
+                let lens: Vec<usize> = recs.iter().map(|r| r.tokens.len()).collect();
+                for (range, packed) in batch::ranges(&lens, policy) {
+                    let group = &recs[range];
+                    if packed {
+                        let refs: Vec<&[u8]> = group.iter().map(|r| r.tokens.as_slice()).collect();
+                        f.read_batch(&refs, &mut m.x).with_context(|| format!("records '{}' to '{}'", group[0].id, group[group.len() - 1].id))?;
                     } else {
-                        let r = &recs[i];
+                        let r = &group[0];
                         f.read(&r.tokens, &mut row, &mut |n| progress.bases(n)).with_context(|| format!("record '{}'", r.id))?;
                         m.x.extend_from_slice(&row);
-                        end = i + 1;
                     }
-                    for r in &recs[i..end] {
+                    for r in group {
                         m.y.push(index[r.label.as_str()]);
                         m.names.push((r.id.clone(), None));
                         progress.record_done(r.tokens.len());
                     }
-                    i = end;
                 }
             }
             Split::Genome(stretches) => {
