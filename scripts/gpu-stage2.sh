@@ -4,7 +4,7 @@
 # Run from the repository root on the GPU machine with the carried folder G holding cuda-tests
 # (cargo test --release --test cuda --no-default-features --features cuda --no-run: no built-in
 # model in it) and dna-mamba.
-# usage: scripts/gpu-stage2.sh G [tests] [tests80] [sanitize] [sweep] [cli] [ncu] [detail] [plantcad]
+# usage: scripts/gpu-stage2.sh G [tests] [tests80] [bench] [sanitize] [sweep] [cli] [ncu] [detail] [plantcad]
 #   tests80   the GPU tests on the generic build (kernels compiled for sm_80, JIT-compiled by the driver)
 #   plantcad  issue 16's zero-shot benchmark: random PlantCaduceus l20 / l32 models, the variants in
 #             $G/pc (22_20-21M.fa + .fai, both.vcf: scripts/variants-bench.sh prep), bf16 and f32
@@ -55,6 +55,11 @@ d = max(abs(x - y) for x, y in zip(b, f))
 print(f"bf16 vs f32: {len(b)} scores, max |diff| {d:.3g}, f32 score range [{min(f):.3g}, {max(f):.3g}]")
 PY
     done 2>&1 | tee -a "$OUT/plantcad.log" ;;
+bench)
+    # bench_forward on the Ph and PS shapes (DNA_MAMBA_BENCH_CASES picks the cases)
+    for kind in ph ps; do
+        DNA_MAMBA_BENCH_KIND=$kind "$G/cuda-tests" --ignored --nocapture bench_forward 2>&1 | grep -E "^\|"
+    done | tee "$OUT/bench.log" ;;
 sanitize)
     for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
         compute-sanitizer --tool $tool "$G/cuda-tests" --test-threads 1 one_pass_scan_small_shapes 2>&1 \
