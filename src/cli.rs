@@ -14,7 +14,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::backend::{cpu::Cpu, Backend, Precision};
+use crate::backend::{cpu::Cpu, Precision};
 use crate::io::fastx::Reader;
 use crate::model::vocab::Vocab;
 use crate::model::Model;
@@ -228,10 +228,25 @@ fn parse_device(s: &str) -> Result<Device> {
     }
 }
 
-/// Something to run on whichever backend `--device` selects.
-pub(crate) trait OnBackend {
-    fn run<B: Backend>(self, backend: B) -> Result<()>;
+/// The backend `--device` selects, as a value: a command matches on it once
+/// (`with_backend!`), and the generic code it calls is compiled for each backend.
+pub(crate) enum Selected {
+    Cpu(Cpu),
+    #[cfg(feature = "cuda")]
+    Cuda(crate::backend::cuda::Cuda),
 }
+
+/// `with_backend!(selected, b => expr)`: `expr` with `b` bound to the selected backend.
+macro_rules! with_backend {
+    ($sel:expr, $b:ident => $body:expr) => {
+        match $sel {
+            $crate::cli::Selected::Cpu($b) => $body,
+            #[cfg(feature = "cuda")]
+            $crate::cli::Selected::Cuda($b) => $body,
+        }
+    };
+}
+pub(crate) use with_backend;
 
 /// GPUs named by `--device cuda:all` or `cuda:0,2` (several devices), else None.
 pub(crate) fn device_list(common: &Common) -> Result<Option<Vec<usize>>> {
@@ -252,8 +267,8 @@ pub(crate) fn device_list(common: &Common) -> Result<Option<Vec<usize>>> {
     Ok(Some(ids))
 }
 
-/// Resolve `--device` (and `--precision`) and run `job` on that backend.
-pub(crate) fn on_backend(common: &Common, model: &Arc<Model>, chunk: usize, job: impl OnBackend) -> Result<()> {
+/// Resolve `--device` (and `--precision`) to a backend for `model`.
+pub(crate) fn select_backend(common: &Common, model: &Arc<Model>, chunk: usize) -> Result<Selected> {
     let device = parse_device(&common.device)?;
     let bf16 = common.precision == Precision::Bf16;
     if bf16 && device == Device::Cpu {
@@ -280,7 +295,7 @@ pub(crate) fn on_backend(common: &Common, model: &Arc<Model>, chunk: usize, job:
         if let Some(n) = ordinal {
             let gpu = cuda::Cuda::with_options(model.clone(), n, cuda::DEFAULT_CHUNK, common.precision)
                 .with_context(|| format!("--device cuda:{n}"))?;
-            return job.run(gpu);
+            return Ok(Selected::Cuda(gpu));
         }
     }
     #[cfg(not(feature = "cuda"))]
@@ -292,7 +307,7 @@ pub(crate) fn on_backend(common: &Common, model: &Arc<Model>, chunk: usize, job:
             eprintln!("note: this binary was built without the `cuda` feature{cpu_note}");
         }
     }
-    job.run(Cpu::with_chunk(model.clone(), chunk))
+    Ok(Selected::Cpu(Cpu::with_chunk(model.clone(), chunk)))
 }
 
 /// Open an indexed FASTA and check every requested region against it (before any output).

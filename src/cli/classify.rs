@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
 
-use super::{for_each_record, load_model, on_backend, Common, OnBackend, Totals, Tiles};
+use super::{for_each_record, load_model, select_backend, with_backend, Common, Totals, Tiles};
 use crate::backend::Backend;
 use crate::batch::{Batcher, Group, Policy};
 use crate::embed::{Embedder, Feature};
@@ -127,28 +127,26 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
             for h in &heads {
                 h.check_backbone(Some((&model, &fp)))?;
             }
-            struct Job<'a>(Plan<'a>, Arc<Model>);
-            impl OnBackend for Job<'_> {
-                fn run<B: Backend>(self, backend: B) -> Result<()> {
-                    let Job(plan, model) = self;
-                    let a = plan.a;
-                    let (context, overlap) = a.tiles.resolve(&model);
-                    if overlap >= context {
-                        bail!("--overlap ({overlap}) must be smaller than --context ({context})");
-                    }
-                    let f = &plan.heads[0].meta.features;
-                    let mut emb = Embedder::new(backend, model.clone(), heads::parse_strand(&f.strand)?, Feature::Hidden, context, overlap)?;
-                    emb.set_layers(&f.layers)?;
-                    let mut bf = BackboneFeatures::new(emb, f.pooling);
-                    if bf.dim() != f.dim {
-                        bail!("internal: the model gives {} features, the head reads {}", bf.dim(), f.dim);
-                    }
-                    plan.classify(&mut bf)
-                }
-            }
-            on_backend(&a.common, &model, a.tiles.chunk, Job(plan, model.clone()))
+            with_backend!(select_backend(&a.common, &model, a.tiles.chunk)?, b => classify_backbone(b, plan, model.clone()))
         }
     }
+}
+
+/// Classify through the backbone on `backend`: the embedder the heads were trained with.
+fn classify_backbone<B: Backend>(backend: B, plan: Plan<'_>, model: Arc<Model>) -> Result<()> {
+    let a = plan.a;
+    let (context, overlap) = a.tiles.resolve(&model);
+    if overlap >= context {
+        bail!("--overlap ({overlap}) must be smaller than --context ({context})");
+    }
+    let f = &plan.heads[0].meta.features;
+    let mut emb = Embedder::new(backend, model.clone(), heads::parse_strand(&f.strand)?, Feature::Hidden, context, overlap)?;
+    emb.set_layers(&f.layers)?;
+    let mut bf = BackboneFeatures::new(emb, f.pooling);
+    if bf.dim() != f.dim {
+        bail!("internal: the model gives {} features, the head reads {}", bf.dim(), f.dim);
+    }
+    plan.classify(&mut bf)
 }
 
 fn feature_text(h: &Head) -> String {

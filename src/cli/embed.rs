@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
 
-use super::{flag_value, device_list, for_each_record, for_each_region, load_model, resolve_regions, on_backend, Common, OnBackend, Totals, Tiles};
+use super::{flag_value, device_list, for_each_record, for_each_region, load_model, resolve_regions, select_backend, with_backend, Common, Totals, Tiles};
 use crate::backend::Backend;
 use crate::batch::{Batcher, Group, Policy};
 use crate::embed::{ascending_layers, Embedder, Feature, Strand};
@@ -22,7 +22,6 @@ use crate::output::{safetensors as st, Output};
 use crate::pool::{ReadPool, Windows};
 use crate::progress::Progress;
 
-use crate::embed::PACK_BASES;
 
 /// Run one packed group of short records and write their mean rows, in input order.
 fn write_packed<B: Backend, W: Write>(
@@ -134,13 +133,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     if gpus.as_ref().is_some_and(|g| g.len() > 1) || a.workers > 1 {
         return run_workers(&a, model, gpus);
     }
-    struct Job<'a>(&'a EmbedArgs, Arc<Model>);
-    impl OnBackend for Job<'_> {
-        fn run<B: Backend>(self, backend: B) -> Result<()> {
-            embed_on(backend, self.1, self.0)
-        }
-    }
-    on_backend(&a.common, &model, a.tiles.chunk, Job(&a, model.clone()))
+    with_backend!(select_backend(&a.common, &model, a.tiles.chunk)?, b => embed_on(b, model.clone(), &a))
 }
 
 fn value_names(feature: Feature, width: usize) -> Vec<String> {
@@ -350,7 +343,7 @@ fn run_workers(a: &EmbedArgs, model: Arc<Model>, gpus: Option<Vec<usize>>) -> Re
                 Cuda::with_options(model.clone(), gpus[w], chunk, precision).with_context(|| format!("--device cuda:{}", gpus[w]))
             };
             let name = format!("{} GPU workers ({})", gpus.len(), a.common.device);
-            workers_on(&make, gpus.len(), &name, &model, a, context, overlap, PACK_BASES)
+            workers_on(&make, gpus.len(), &name, &model, a, context, overlap, crate::embed::PACK_BASES)
         }
         #[cfg(not(feature = "cuda"))]
         Some(_) => bail!("--device {}: this binary was built without the `cuda` feature", a.common.device),

@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
 use noodles::vcf;
 
-use super::{load_model, on_backend, Common, OnBackend};
+use super::{load_model, select_backend, with_backend, Common};
 use crate::backend::Backend;
 use crate::embed::{Embedder, Feature, Strand};
 use crate::output::vcf::{Scores, VariantWriter};
@@ -80,13 +80,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         }
     }
     let model = load_model(&a.common)?;
-    struct Job<'a>(&'a ScoreArgs, Arc<Model>);
-    impl OnBackend for Job<'_> {
-        fn run<B: Backend>(self, backend: B) -> Result<()> {
-            score_on(backend, self.1, self.0)
-        }
-    }
-    on_backend(&a.common, &model, a.chunk, Job(&a, model.clone()))
+    with_backend!(select_backend(&a.common, &model, a.chunk)?, b => score_on(b, model.clone(), &a))
 }
 
 /// The reference pass of one tile, kept while variants fall inside it.

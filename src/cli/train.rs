@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use super::{for_each_record, load_model, on_backend, Common, OnBackend, Totals, Tiles};
+use super::{for_each_record, load_model, select_backend, with_backend, Common, Totals, Tiles};
 use crate::backend::Backend;
 use crate::batch::{self, Policy};
 use crate::embed::{ascending_layers, Embedder, Feature, Strand};
@@ -362,32 +362,8 @@ fn compute(a: &TrainArgs, pooling: Pooling) -> Result<Prepared> {
         }
         Source::Backbone => {
             let model = load_model(&a.common)?;
-            struct Job<'a> {
-                a: &'a TrainArgs,
-                data: &'a Data,
-                model: Arc<Model>,
-                pooling: Pooling,
-                out: &'a mut Option<(Matrix, Matrix, usize, usize, String)>,
-            }
-            impl OnBackend for Job<'_> {
-                fn run<B: Backend>(self, backend: B) -> Result<()> {
-                    let a = self.a;
-                    let (context, overlap) = a.tiles.resolve(&self.model);
-                    if overlap >= context {
-                        bail!("--overlap ({overlap}) must be smaller than --context ({context})");
-                    }
-                    let mut emb = Embedder::new(backend, self.model.clone(), a.strand, Feature::Hidden, context, overlap)?;
-                    emb.set_layers(&ascending_layers(&a.layers))?;
-                    check_feature_size(self.data.train.rows() + self.data.test.rows(), emb.width(), self.pooling)?;
-                    let mut bf = BackboneFeatures::new(emb, self.pooling);
-                    let (tr, te) = featurize(a, self.data, &mut bf)?;
-                    *self.out = Some((tr, te, bf.dim(), context, bf.describe()));
-                    Ok(())
-                }
-            }
-            let mut out = None;
-            on_backend(&a.common, &model, a.tiles.chunk, Job { a, data: &data, model: model.clone(), pooling, out: &mut out })?;
-            let (tr, te, dim, context, backend) = out.ok_or_else(|| anyhow!("internal: no features"))?;
+            let (tr, te, dim, context, backend) =
+                with_backend!(select_backend(&a.common, &model, a.tiles.chunk)?, b => backbone_features(b, a, &data, model.clone(), pooling))?;
             let bb = heads::Backbone {
                 fingerprint: heads::fingerprint(&model),
                 d_model: model.config.d_model,
@@ -541,6 +517,21 @@ fn write_predictions(path: &Path, inputs: &[String], head: &Head, m: &Matrix, pr
         row.end()?;
     }
     w.into_inner()?.finish()
+}
+
+/// Backbone features of both splits on `backend`: (train, test, feature width, context, the
+/// featurizer's description).
+fn backbone_features<B: Backend>(backend: B, a: &TrainArgs, data: &Data, model: Arc<Model>, pooling: Pooling) -> Result<(Matrix, Matrix, usize, usize, String)> {
+    let (context, overlap) = a.tiles.resolve(&model);
+    if overlap >= context {
+        bail!("--overlap ({overlap}) must be smaller than --context ({context})");
+    }
+    let mut emb = Embedder::new(backend, model.clone(), a.strand, Feature::Hidden, context, overlap)?;
+    emb.set_layers(&ascending_layers(&a.layers))?;
+    check_feature_size(data.train.rows() + data.test.rows(), emb.width(), pooling)?;
+    let mut bf = BackboneFeatures::new(emb, pooling);
+    let (tr, te) = featurize(a, data, &mut bf)?;
+    Ok((tr, te, bf.dim(), context, bf.describe()))
 }
 
 /// Features of both splits.
