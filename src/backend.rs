@@ -50,6 +50,8 @@ pub struct View {
 pub trait Backend {
     /// A row-major `[rows, width]` f32 buffer in the backend's memory.
     type Buf;
+    /// The record boundaries of a packed context, as the backend keeps them (`records`).
+    type Records;
 
     fn name(&self) -> String;
     fn alloc(&self, rows: usize, width: usize) -> Result<Self::Buf>;
@@ -59,7 +61,9 @@ pub trait Backend {
     fn swap_halves(&self, buf: &mut Self::Buf, len: usize) -> Result<()>;
     /// `dst = RMSNorm(src)` per D-wide half; an RCPS second half uses the channel-flipped weight.
     fn rms_norm(&self, src: &Self::Buf, dst: &mut Self::Buf, len: usize, norm: Norm) -> Result<()>;
-    /// `acc += Mamba_dir(input)` through `view`, over the first `len` rows.
+    /// `acc += Mamba_dir(input)` through `view`, over the first `len` rows; with `records`
+    /// (from `records`, for a context of `len` rows) record by record.
+    #[allow(clippy::too_many_arguments)]
     fn mixer(
         &self,
         layer: usize,
@@ -68,13 +72,14 @@ pub trait Backend {
         acc: &mut Self::Buf,
         len: usize,
         view: View,
+        records: Option<&Self::Records>,
     ) -> Result<()>;
     /// `acc += BiMamba(input)`: the forward mixer walks as `view` says, the reverse one the
     /// opposite way. Backends may compute the tied, position-wise in/out projections once for
     /// both directions; this default runs the two directions one after the other.
-    fn bimamba(&self, layer: usize, input: &Self::Buf, acc: &mut Self::Buf, len: usize, view: View) -> Result<()> {
-        self.mixer(layer, Dir::Fwd, input, acc, len, view)?;
-        self.mixer(layer, Dir::Rev, input, acc, len, View { backward: !view.backward, ..view })
+    fn bimamba(&self, layer: usize, input: &Self::Buf, acc: &mut Self::Buf, len: usize, view: View, records: Option<&Self::Records>) -> Result<()> {
+        self.mixer(layer, Dir::Fwd, input, acc, len, view, records)?;
+        self.mixer(layer, Dir::Rev, input, acc, len, View { backward: !view.backward, ..view }, records)
     }
     /// Like `mixer` for the forward direction in plain orientation, but the conv and scan
     /// state start from and are written back to `state` (from `alloc_state`), so a causal
@@ -90,7 +95,7 @@ pub trait Backend {
     fn read_rows(&self, buf: &Self::Buf, start: usize, dst: &mut [f32]) -> Result<()>;
     /// Copy the first `len` rows of `src` into `dst` (same width), on the backend.
     fn copy_rows(&self, src: &Self::Buf, dst: &mut Self::Buf, len: usize) -> Result<()>;
-    /// Whether `set_records` works: several records packed into one context.
+    /// Whether `records` works: several records packed into one context.
     fn supports_packing(&self) -> bool {
         false
     }
@@ -100,13 +105,11 @@ pub trait Backend {
     fn pack_bases(&self) -> usize {
         crate::embed::PACK_BASES
     }
-    /// Record boundaries for the mixer calls that follow, over a context of `len` rows:
-    /// `starts` are the first rows of the packed records (0 first, ascending). The conv and
-    /// scan state then restart at every record boundary in both walk directions, so each
-    /// record's rows equal those of a run over that record alone. `None`: one record.
-    fn set_records(&self, _starts: Option<&[usize]>, _len: usize) -> Result<()> {
-        anyhow::bail!("{}: packing several records into one context is not implemented on this backend", self.name())
-    }
+    /// The record boundaries of one packed context of `len` rows, for its mixer calls:
+    /// `starts` are the first rows of the records (0 first, ascending). The conv and scan
+    /// state then restart at every record boundary in both walk directions, so each record's
+    /// rows equal those of a run over that record alone.
+    fn records(&self, starts: &[usize], len: usize) -> Result<Self::Records>;
     /// Column sums, in f64, of row ranges of a `width`-wide buffer: `out[i * width..][..width]`
     /// is the sum of rows `ranges[i].0..ranges[i].1`. This default reads the rows to the host.
     fn sum_rows(&self, buf: &Self::Buf, width: usize, ranges: &[(usize, usize)], out: &mut [f64]) -> Result<()> {

@@ -35,11 +35,12 @@ pub struct Cpu {
     /// A in the scan's block layout, per layer and direction: [blocks][d_state][16].
     a_blocks: Vec<[Vec<f32>; 2]>,
     isa: simd::Isa,
-    /// First rows of the records packed into the current context (`set_records`); each
-    /// mixer call then runs record by record, state restarting at each, exactly as if
-    /// every record were its own context. None: one record.
-    records: std::sync::Mutex<Option<Vec<usize>>>,
 }
+
+/// The records of a packed context: their first rows and the context's length. Each mixer
+/// call runs record by record, the state restarting at each, exactly as if every record were
+/// its own context.
+pub struct CpuRecords(Vec<usize>);
 
 /// `[rows, width]` row-major in host memory.
 pub struct CpuBuf {
@@ -61,7 +62,7 @@ impl Cpu {
             .iter()
             .map(|l| [blocks(&l.fwd), l.rev.as_ref().map(blocks).unwrap_or_default()])
             .collect();
-        Cpu { model, chunk: chunk.max(1), share_bytes: DEFAULT_SHARE_BYTES, a_blocks, isa: simd::isa(), records: Default::default() }
+        Cpu { model, chunk: chunk.max(1), share_bytes: DEFAULT_SHARE_BYTES, a_blocks, isa: simd::isa() }
     }
 
     /// Memory the shared-projection path may take (0 disables it).
@@ -258,11 +259,11 @@ impl Cpu {
 }
 
 impl Cpu {
-    /// The record ranges (first row, rows) of a context of `len` rows: the packed records
-    /// (`set_records`), or the whole context.
-    fn ranges(&self, len: usize) -> Result<Vec<(usize, usize)>> {
-        match self.records.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            Some(b) => {
+    /// The record ranges (first row, rows) of a context of `len` rows: the packed records,
+    /// or the whole context.
+    fn ranges(&self, len: usize, records: Option<&CpuRecords>) -> Result<Vec<(usize, usize)>> {
+        match records {
+            Some(CpuRecords(b)) => {
                 ensure!(b.last() == Some(&len), "mixer: {len} rows but the packed records cover {}", b.last().copied().unwrap_or(0));
                 Ok(b.windows(2).map(|w| (w[0], w[1] - w[0])).collect())
             }
@@ -312,6 +313,7 @@ impl Cpu {
 
 impl Backend for Cpu {
     type Buf = CpuBuf;
+    type Records = CpuRecords;
 
     fn name(&self) -> String {
         format!("cpu ({} threads, {:?})", rayon::current_num_threads(), self.isa)
@@ -383,10 +385,10 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn mixer(&self, layer: usize, dir: Dir, input: &CpuBuf, acc: &mut CpuBuf, len: usize, view: View) -> Result<()> {
+    fn mixer(&self, layer: usize, dir: Dir, input: &CpuBuf, acc: &mut CpuBuf, len: usize, view: View, records: Option<&CpuRecords>) -> Result<()> {
         let m = self.mamba(layer, dir)?;
         self.check_view(input, acc, view)?;
-        for range in self.ranges(len)? {
+        for range in self.ranges(len, records)? {
             let mut s = self.scratch(range.1);
             self.walk(m, self.a_blk(layer, dir), range, view.backward, &mut s, Xz::Project { input, view }, Y::Project { acc, view });
         }
@@ -401,12 +403,12 @@ impl Backend for Cpu {
         CPU_PACK_BASES
     }
 
-    fn set_records(&self, starts: Option<&[usize]>, len: usize) -> Result<()> {
-        if let Some(st) = starts {
-            ensure!(st.first() == Some(&0) && st.windows(2).all(|w| w[0] < w[1]) && st.last().is_some_and(|&l| l < len), "set_records: starts must ascend from 0 within the context");
-        }
-        *self.records.lock().unwrap_or_else(|e| e.into_inner()) = starts.map(|s| s.iter().copied().chain(std::iter::once(len)).collect());
-        Ok(())
+    fn records(&self, starts: &[usize], len: usize) -> Result<CpuRecords> {
+        ensure!(
+            starts.first() == Some(&0) && starts.windows(2).all(|w| w[0] < w[1]) && starts.last().is_some_and(|&l| l < len),
+            "packed records: starts must ascend from 0 within the context"
+        );
+        Ok(CpuRecords(starts.iter().copied().chain(std::iter::once(len)).collect()))
     }
 
     fn alloc_state(&self) -> Result<CpuBuf> {
@@ -431,11 +433,11 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn bimamba(&self, layer: usize, input: &CpuBuf, acc: &mut CpuBuf, len: usize, view: View) -> Result<()> {
+    fn bimamba(&self, layer: usize, input: &CpuBuf, acc: &mut CpuBuf, len: usize, view: View, records: Option<&CpuRecords>) -> Result<()> {
         let (fwd, rev) = (self.mamba(layer, Dir::Fwd)?, self.mamba(layer, Dir::Rev)?);
         let tied = Arc::ptr_eq(&fwd.in_proj, &rev.in_proj) && Arc::ptr_eq(&fwd.out_proj, &rev.out_proj);
         self.check_view(input, acc, view)?;
-        for range in self.ranges(len)? {
+        for range in self.ranges(len, records)? {
             self.bimamba_range(layer, (fwd, rev), tied, input, acc, range, view)?;
         }
         Ok(())

@@ -18,7 +18,7 @@
 //! the staged δ_r columns where the sizes allow (`Sizes::fuse_dt`), else by cuBLAS (f32, or
 //! FAST_16BF in bf16 mode).
 //!
-//! Packed contexts (`set_records`): a per-row record id on the device makes the conv read
+//! Packed contexts (`Backend::records`): a per-row record id on the device makes the conv read
 //! zeros across record boundaries and the scan restart from h = 0 at each record's first
 //! step in walk order, so one launch sequence serves many short reads without padding.
 //!
@@ -159,8 +159,8 @@ struct SharedPass<'a> {
     first: bool,
 }
 
-/// Record ids of a packed context, one per row.
-struct Records {
+/// Record ids of a packed context, one per row, on the device (`Backend::records`).
+pub struct Records {
     rec: CudaSlice<i32>,
     len: usize,
 }
@@ -258,7 +258,6 @@ pub struct Cuda {
     shared: Mutex<Option<Shared>>,
     /// Largest `Shared` set to allocate; longer contexts run the directions one by one.
     share_bytes: usize,
-    records: Mutex<Option<Records>>,
     /// Stands in for the record ids when the context is one record.
     no_records: CudaSlice<i32>,
     /// Stands in for the shared output when a direction runs alone.
@@ -420,7 +419,6 @@ impl Cuda {
             scratch: Mutex::new(None),
             shared: Mutex::new(None),
             share_bytes: SHARE_BYTES,
-            records: Mutex::new(None),
             no_records,
             no_acc,
         })
@@ -829,6 +827,7 @@ impl Cuda {
         view: View,
         carry: Option<&mut CudaBuf>,
         mut shared: Option<SharedPass<'_>>,
+        records: Option<&Records>,
     ) -> Result<()> {
         let cfg = &self.model.config;
         let (d, di, n, rk) = (cfg.d_model, cfg.d_inner(), cfg.d_state, cfg.dt_rank());
@@ -849,8 +848,7 @@ impl Cuda {
         let half = self.precision == Precision::Bf16;
         let half32 = half as i32;
 
-        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        let (rec, packed) = match records.as_ref() {
+        let (rec, packed) = match records {
             Some(r) => {
                 ensure!(r.len == len, "mixer: {len} rows but the packed records cover {}", r.len);
                 (&r.rec, 1i32)
@@ -993,6 +991,7 @@ impl Cuda {
 
 impl Backend for Cuda {
     type Buf = CudaBuf;
+    type Records = Records;
 
     fn name(&self) -> String {
         self.label.clone()
@@ -1061,11 +1060,11 @@ impl Backend for Cuda {
         Ok(())
     }
 
-    fn mixer(&self, layer: usize, dir: Dir, input: &CudaBuf, acc: &mut CudaBuf, len: usize, view: View) -> Result<()> {
-        self.run_mixer(self.dev_mamba(layer, dir)?, input, acc, len, view, None, None)
+    fn mixer(&self, layer: usize, dir: Dir, input: &CudaBuf, acc: &mut CudaBuf, len: usize, view: View, records: Option<&Records>) -> Result<()> {
+        self.run_mixer(self.dev_mamba(layer, dir)?, input, acc, len, view, None, None, records)
     }
 
-    fn bimamba(&self, layer: usize, input: &CudaBuf, acc: &mut CudaBuf, len: usize, view: View) -> Result<()> {
+    fn bimamba(&self, layer: usize, input: &CudaBuf, acc: &mut CudaBuf, len: usize, view: View, records: Option<&Records>) -> Result<()> {
         let l = self.model.weights.layers.get(layer).ok_or_else(|| anyhow!("no layer {layer}"))?;
         let tied = l.rev.as_ref().is_some_and(|r| Arc::ptr_eq(&l.fwd.in_proj, &r.in_proj) && Arc::ptr_eq(&l.fwd.out_proj, &r.out_proj));
         let back = View { backward: !view.backward, ..view };
@@ -1078,8 +1077,8 @@ impl Backend for Cuda {
                 *scratch = None;
             }
             drop(scratch);
-            self.mixer(layer, Dir::Fwd, input, acc, len, view)?;
-            return self.mixer(layer, Dir::Rev, input, acc, len, back);
+            self.mixer(layer, Dir::Fwd, input, acc, len, view, records)?;
+            return self.mixer(layer, Dir::Rev, input, acc, len, back, records);
         }
         let cfg = &self.model.config;
         let (d, di) = (cfg.d_model, cfg.d_inner());
@@ -1102,7 +1101,7 @@ impl Backend for Cuda {
         }
         for (m, v, first) in [(fwd, view, true), (rev, back, false)] {
             let pass = SharedPass { xz: &sh.xz, y: &mut sh.y, y_h: &mut sh.y_h, first };
-            self.run_mixer(m, input, acc, len, v, None, Some(pass))?;
+            self.run_mixer(m, input, acc, len, v, None, Some(pass), records)?;
         }
         // acc += (y_fwd + y_rev) · W_outᵀ, once
         let mut o = acc.data.slice_mut(view.col..);
@@ -1121,19 +1120,14 @@ impl Backend for Cuda {
 
     fn mixer_carry(&self, layer: usize, input: &CudaBuf, acc: &mut CudaBuf, len: usize, state: &mut CudaBuf) -> Result<()> {
         let view = View { col: 0, flip_channels: false, backward: false };
-        self.run_mixer(self.dev_mamba(layer, Dir::Fwd)?, input, acc, len, view, Some(state), None)
+        self.run_mixer(self.dev_mamba(layer, Dir::Fwd)?, input, acc, len, view, Some(state), None, None)
     }
 
     fn supports_packing(&self) -> bool {
         true
     }
 
-    fn set_records(&self, starts: Option<&[usize]>, len: usize) -> Result<()> {
-        let mut slot = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(starts) = starts else {
-            *slot = None;
-            return Ok(());
-        };
+    fn records(&self, starts: &[usize], len: usize) -> Result<Records> {
         ensure!(starts.first() == Some(&0), "packed records must start at row 0");
         ensure!(
             starts.windows(2).all(|w| w[0] < w[1]) && starts.last().is_some_and(|&s| s < len),
@@ -1145,10 +1139,8 @@ impl Backend for Cuda {
             let end = starts.get(k + 1).copied().unwrap_or(len);
             rec[*w..end].fill(k as i32);
         }
-        *slot = None;
         let rec = self.stream.clone_htod(&rec).context("uploading packed record ids")?;
-        *slot = Some(Records { rec, len });
-        Ok(())
+        Ok(Records { rec, len })
     }
 
     fn sum_rows(&self, buf: &CudaBuf, width: usize, ranges: &[(usize, usize)], out: &mut [f64]) -> Result<()> {

@@ -170,7 +170,7 @@ impl<B: Backend> Engine<B> {
     /// Compute the final normalized hidden states of `tokens` (one context, no padding).
     /// Read them with `read_rows`.
     pub fn run(&mut self, tokens: &[u8]) -> Result<()> {
-        self.forward(tokens)
+        self.forward(tokens, None)
     }
 
     /// Whether `run_packed` works on this backend.
@@ -196,10 +196,8 @@ impl<B: Backend> Engine<B> {
             starts.windows(2).all(|w| w[0] < w[1]) && starts.last().is_some_and(|&s| s < len),
             "packed record starts must ascend within the context (no empty records)"
         );
-        self.backend.set_records(Some(starts), len)?;
-        let result = self.forward(tokens);
-        let cleared = self.backend.set_records(None, 0);
-        result.and(cleared)
+        let records = self.backend.records(starts, len)?;
+        self.forward(tokens, Some(&records))
     }
 
     /// Column sums (f64) of row ranges of the last run's output, `row_width()` each.
@@ -222,7 +220,8 @@ impl<B: Backend> Engine<B> {
     }
 
 
-    fn forward(&mut self, tokens: &[u8]) -> Result<()> {
+    /// The forward pass over one context; `records`: the packed records' boundaries.
+    fn forward(&mut self, tokens: &[u8], records: Option<&B::Records>) -> Result<()> {
         let len = tokens.len();
         anyhow::ensure!(len > 0, "empty context");
         self.ensure_streams(len)?;
@@ -240,9 +239,9 @@ impl<B: Backend> Engine<B> {
             for &view in &views {
                 if self.cfg.bidirectional {
                     // M(u) = Mamba_fwd(u) + flipL(Mamba_rev(flipL(u)))
-                    b.bimamba(layer, n, r, len, view)?;
+                    b.bimamba(layer, n, r, len, view, records)?;
                 } else {
-                    b.mixer(layer, Dir::Fwd, n, r, len, view)?;
+                    b.mixer(layer, Dir::Fwd, n, r, len, view, records)?;
                 }
             }
             self.keep_tap(layer + 1, len)?;
