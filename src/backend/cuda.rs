@@ -658,19 +658,23 @@ impl Cuda {
             let z = |len: usize| self.stream.alloc_zeros::<f32>(len.max(1));
             let zh = |len: usize| self.stream.alloc_zeros::<u16>(if half { len.max(1) } else { 1 });
             let segs = rows.div_ceil(self.shortest_segment());
-            *slot = Some(Scratch {
-                rows,
-                xz: z(rows * 2 * di)?,
-                xc: z(rows * di)?,
-                dbc: z(rows * nx)?,
-                delta: z(rows * di)?,
-                h: z(segs * di * n)?,
-                dsum: z(segs * di)?,
-                conv_in: z((cfg.d_conv - 1) * di)?,
-                conv_out: z((cfg.d_conv - 1) * di)?,
-                ssm: z(di * n)?,
-                xc_h: zh(rows * di)?,
-            });
+            let set = (|| -> Result<Scratch> {
+                Ok(Scratch {
+                    rows,
+                    xz: z(rows * 2 * di)?,
+                    xc: z(rows * di)?,
+                    dbc: z(rows * nx)?,
+                    delta: z(rows * di)?,
+                    h: z(segs * di * n)?,
+                    dsum: z(segs * di)?,
+                    conv_in: z((cfg.d_conv - 1) * di)?,
+                    conv_out: z((cfg.d_conv - 1) * di)?,
+                    ssm: z(di * n)?,
+                    xc_h: zh(rows * di)?,
+                })
+            })();
+            let mib = (rows * (4 * di + nx) * 4 + if half { rows * di * 2 } else { 0 }) >> 20;
+            *slot = Some(set.with_context(|| format!("GPU memory: the mixer's buffers for chunks of {rows} rows (~{mib} MiB) could not be allocated"))?);
         }
         Ok(slot.as_mut().expect("allocated above"))
     }
@@ -1092,7 +1096,17 @@ impl Backend for Cuda {
             (None, true) => anyhow::bail!("channel-flipped view on a model without RCPS"),
         };
         let mut guard = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        let sh = self.shared_scratch(&mut guard, len)?;
+        let sh = match self.shared_scratch(&mut guard, len) {
+            Ok(sh) => sh,
+            Err(_) => {
+                // out of GPU memory for the full-context buffers: the directions one by one,
+                // chunk by chunk, compute the same in the memory of the unshared path
+                *guard = None;
+                drop(guard);
+                self.mixer(layer, Dir::Fwd, input, acc, len, view, records)?;
+                return self.mixer(layer, Dir::Rev, input, acc, len, back, records);
+            }
+        };
         // [x | z] = u · W_inᵀ once for the whole context and both directions
         let u = input.data.slice(view.col..);
         match in_proj {
