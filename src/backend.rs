@@ -11,6 +11,17 @@ pub mod cuda;
 
 use anyhow::Result;
 
+/// The first rows of records packed into a context of `len` rows: 0 first, ascending, each
+/// within the context (no empty record). Checked once here for the engine and every backend.
+pub fn check_record_starts(starts: &[usize], len: usize) -> Result<()> {
+    anyhow::ensure!(starts.first() == Some(&0), "packed records must start at row 0");
+    anyhow::ensure!(
+        starts.windows(2).all(|w| w[0] < w[1]) && starts.last().is_some_and(|&s| s < len),
+        "packed record starts must ascend within the context (no empty records)"
+    );
+    Ok(())
+}
+
 /// Arithmetic of the projections (`--precision`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Precision {

@@ -404,10 +404,7 @@ impl Backend for Cpu {
     }
 
     fn records(&self, starts: &[usize], len: usize) -> Result<CpuRecords> {
-        ensure!(
-            starts.first() == Some(&0) && starts.windows(2).all(|w| w[0] < w[1]) && starts.last().is_some_and(|&l| l < len),
-            "packed records: starts must ascend from 0 within the context"
-        );
+        super::check_record_starts(starts, len)?;
         Ok(CpuRecords(starts.iter().copied().chain(std::iter::once(len)).collect()))
     }
 

@@ -1142,11 +1142,7 @@ impl Backend for Cuda {
     }
 
     fn records(&self, starts: &[usize], len: usize) -> Result<Records> {
-        ensure!(starts.first() == Some(&0), "packed records must start at row 0");
-        ensure!(
-            starts.windows(2).all(|w| w[0] < w[1]) && starts.last().is_some_and(|&s| s < len),
-            "packed record starts must ascend within the context"
-        );
+        super::check_record_starts(starts, len)?;
         ensure!(starts.len() <= i32::MAX as usize, "too many packed records");
         let mut rec = vec![0i32; len];
         for (k, w) in starts.iter().enumerate() {

@@ -191,11 +191,7 @@ impl<B: Backend> Engine<B> {
         let len = tokens.len();
         anyhow::ensure!(self.backend.supports_packing(), "{}: cannot pack records into one context", self.backend.name());
         anyhow::ensure!(len > 0, "empty context");
-        anyhow::ensure!(starts.first() == Some(&0), "packed records must start at row 0");
-        anyhow::ensure!(
-            starts.windows(2).all(|w| w[0] < w[1]) && starts.last().is_some_and(|&s| s < len),
-            "packed record starts must ascend within the context (no empty records)"
-        );
+        crate::backend::check_record_starts(starts, len)?;
         let records = self.backend.records(starts, len)?;
         self.forward(tokens, Some(&records))
     }
