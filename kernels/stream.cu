@@ -9,7 +9,7 @@
 //              pass over the row, 4·width B read + 4·width B written; an RCPS second half
 //              reads the weight back to front instead of using a flipped copy. `half`: the
 //              output is bf16 (what in_proj reads in bf16 mode), [len][width] packed from the
-//              start of dst, 2·width B written.
+//              start of dst, 2·width B written. In place (src = dst) for the final norm.
 // sum_rows     column sums (f64) of row ranges, one block column-slice per range: pooled
 //              means of packed records without copying their rows to the host; reads
 //              4·width B per row, writes 8·width B per range.
@@ -57,8 +57,10 @@ __device__ __forceinline__ unsigned short to_bf16(float f)
     return (unsigned short)(u >> 16);
 }
 
-extern "C" __global__ void rms_norm(const float* __restrict__ src,
-                                    float* __restrict__ dst,
+// src and dst may be the same memory (the final norm runs in place): a warp reads its
+// (row, half) in full before writing it, and no other warp touches it.
+extern "C" __global__ void rms_norm(const float* src,
+                                    float* dst,
                                     const float* __restrict__ w,
                                     size_t len, int d, int halves, float eps, int half)
 {

@@ -4,7 +4,7 @@
 # Run from the repository root on the GPU machine with the carried folder G holding cuda-tests
 # (cargo test --release --test cuda --no-default-features --features cuda --no-run: no built-in
 # model in it) and dna-mamba.
-# usage: scripts/gpu-stage2.sh G [tests] [tests80] [bench] [sanitize] [sweep] [cli] [ncu] [detail] [plantcad]
+# usage: scripts/gpu-stage2.sh G [tests] [tests80] [bench] [sanitize] [sweep] [cli] [scaling] [ncu] [detail] [plantcad]
 #   tests80   the GPU tests on the generic build (kernels compiled for sm_80, JIT-compiled by the driver)
 #   plantcad  issue 16's zero-shot benchmark: random PlantCaduceus l20 / l32 models, the variants in
 #             $G/pc (22_20-21M.fa + .fai, both.vcf: scripts/variants-bench.sh prep), bf16 and f32
@@ -76,6 +76,15 @@ cli)
         DNA_MAMBA=$G/dna-mamba scripts/bench-gpu.sh "$prec-1m" /tmp/d/r1m.fa -m /tmp/m/ph --strand fwd --precision $prec --context 1048576 -o /dev/null
     done 2>&1 | tee "$OUT/cli.log"
     [ -n "$NO_READS" ] || DNA_MAMBA=$G/dna-mamba scripts/bench-gpu.sh bf16-reads1m /tmp/d/reads150_1m.fa -m /tmp/m/ph --strand fwd --precision bf16 -o /dev/null 2>&1 | tee -a "$OUT/cli.log" ;;
+scaling)
+    # the CLI's fixed and per-batch costs: 1, 2, 4, 8, 16 records of 131,072 bases (one batch
+    # each), bf16; the slope is the steady per-batch time, the intercept the cold start
+    python3 scripts/random-model.py /tmp/m/ph > /dev/null && python3 scripts/bench-inputs.py /tmp/d
+    cat /tmp/d/r8x131k.fa /tmp/d/r8x131k.fa | awk '/^>/{print ">s" n++; next} {print}' > /tmp/d/r16x131k.fa
+    for n in 1 2 4 8 16; do
+        head -n $((2 * n)) /tmp/d/r16x131k.fa > /tmp/d/s$n.fa
+        DNA_MAMBA=$G/dna-mamba scripts/bench-gpu.sh "bf16-${n}x131k" /tmp/d/s$n.fa -m /tmp/m/ph --strand fwd --precision ${SCALING_PRECISION:-bf16} -o /dev/null
+    done 2>&1 | tee "$OUT/scaling.log" ;;
 ncu)
     for prec in bf16 f32; do
         DNA_MAMBA_PROFILE_PRECISION=$prec ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \

@@ -66,12 +66,20 @@ pub trait Backend {
 
     fn name(&self) -> String;
     fn alloc(&self, rows: usize, width: usize) -> Result<Self::Buf>;
+    /// The normalized stream: written by the layers' norms, read only by their mixers (the
+    /// final norm runs in place on the residual stream). A backend whose mixers read it at
+    /// lower precision may store it smaller; this default is `alloc`.
+    fn alloc_normalized(&self, rows: usize, width: usize) -> Result<Self::Buf> {
+        self.alloc(rows, width)
+    }
     /// `out[l] = E[t_l]`, and for RCPS models `[E[t] | flipC(E[comp t])]` (§1.5.3).
     fn embed(&self, tokens: &[u8], out: &mut Self::Buf) -> Result<()>;
     /// Exchange the two D-wide halves of the first `len` rows (fused add-norm RCPS, §1.5.4).
     fn swap_halves(&self, buf: &mut Self::Buf, len: usize) -> Result<()>;
     /// `dst = RMSNorm(src)` per D-wide half; an RCPS second half uses the channel-flipped weight.
     fn rms_norm(&self, src: &Self::Buf, dst: &mut Self::Buf, len: usize, norm: Norm) -> Result<()>;
+    /// `buf = RMSNorm(buf)`, the same per-row computation in place.
+    fn rms_norm_in_place(&self, buf: &mut Self::Buf, len: usize, norm: Norm) -> Result<()>;
     /// `acc += Mamba_dir(input)` through `view`, over the first `len` rows; with `records`
     /// (from `records`, for a context of `len` rows) record by record.
     #[allow(clippy::too_many_arguments)]
@@ -121,25 +129,22 @@ pub trait Backend {
     /// state then restart at every record boundary in both walk directions, so each record's
     /// rows equal those of a run over that record alone.
     fn records(&self, starts: &[usize], len: usize) -> Result<Self::Records>;
-    /// Column sums, in f64, of row ranges of a `width`-wide buffer: `out[i * width..][..width]`
-    /// is the sum of rows `ranges[i].0..ranges[i].1`. This default reads the rows to the host.
+    /// Whether calls queue work that completes later (a GPU stream) rather than doing it, so
+    /// that a caller gains by doing its own work between `sum_rows_start` and `_finish`.
+    fn queues(&self) -> bool {
+        false
+    }
+    /// Column sums in flight (`sum_rows_start`), for `sum_rows_finish`.
+    type Sums;
+    /// Column sums, in f64, of row ranges of a `width`-wide buffer, queued behind the work
+    /// before them (work queued after them may overwrite `buf`); the CPU computes them here.
+    fn sum_rows_start(&self, buf: &Self::Buf, width: usize, ranges: &[(usize, usize)]) -> Result<Self::Sums>;
+    /// Wait for sums from `sum_rows_start`: `out[i * width..][..width]` is the sum of rows
+    /// `ranges[i].0..ranges[i].1`.
+    fn sum_rows_finish(&self, sums: Self::Sums, out: &mut [f64]) -> Result<()>;
+    /// `sum_rows_start`, then `sum_rows_finish`.
     fn sum_rows(&self, buf: &Self::Buf, width: usize, ranges: &[(usize, usize)], out: &mut [f64]) -> Result<()> {
-        anyhow::ensure!(out.len() == ranges.len() * width, "sum_rows: output of the wrong size");
-        const BLOCK: usize = 4096;
-        let mut rows = Vec::new();
-        for (&(a, b), sum) in ranges.iter().zip(out.chunks_mut(width.max(1))) {
-            sum.fill(0.0);
-            let mut r = a;
-            while r < b {
-                let n = BLOCK.min(b - r);
-                rows.resize(n * width, 0.0);
-                self.read_rows(buf, r, &mut rows)?;
-                for row in rows.chunks(width.max(1)) {
-                    sum.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
-                }
-                r += n;
-            }
-        }
-        Ok(())
+        let sums = self.sum_rows_start(buf, width, ranges)?;
+        self.sum_rows_finish(sums, out)
     }
 }

@@ -13,7 +13,8 @@ use anyhow::{bail, Result};
 
 use crate::backend::Backend;
 use crate::batch::{self, Policy};
-use crate::model::{forward::Engine, lm_head, Model};
+use crate::model::forward::{Engine, PendingSums};
+use crate::model::{lm_head, Model};
 use crate::tiling::{self, Tile};
 use crate::tokenizer;
 
@@ -89,6 +90,22 @@ pub const PACK_BASES: usize = 131_072;
 
 /// A range of one record in a batch: (record index, first position, end position).
 pub type Query = (usize, usize, usize);
+
+/// One (context, strand pass) run of `pass_sums` with its sums in flight.
+struct PassRun<B: Backend> {
+    /// The run's first query.
+    q0: usize,
+    pass: Pass,
+    sums: PendingSums<B>,
+    /// Values of all its queries' sums.
+    len: usize,
+}
+
+/// The runs and sums of `query_sums_start`, for `query_sums_finish`.
+pub struct PendingQuerySums<B: Backend> {
+    runs: Vec<PassRun<B>>,
+    queries: usize,
+}
 
 /// `out += w ×` the hidden-state feature (`--strand` view) of a sum of hidden rows `h`:
 /// the feature is linear in the row, so sums map like rows. With several layers `h` and `out`
@@ -276,8 +293,14 @@ impl<B: Backend> Embedder<B> {
     /// records packed into contexts of about `pack_bases` bases where the backend packs and
     /// the sums taken on the device. Needs `Feature::Hidden`.
     pub fn pooled_packed(&mut self, records: &[&[u8]], pack_bases: usize) -> Result<Vec<Vec<f64>>> {
-        let ranges: Vec<(usize, usize)> = records.iter().map(|r| (0, r.len())).collect();
-        self.range_sums(records, &ranges, pack_bases)
+        let pending = self.pooled_packed_start(records, pack_bases)?;
+        self.query_sums_finish(pending)
+    }
+
+    /// `pooled_packed`, queued: the sums come from `query_sums_finish`.
+    pub fn pooled_packed_start(&mut self, records: &[&[u8]], pack_bases: usize) -> Result<PendingQuerySums<B>> {
+        let queries: Vec<Query> = records.iter().enumerate().map(|(i, r)| (i, 0, r.len())).collect();
+        self.query_sums_start(records, &queries, pack_bases)
     }
 
     /// For records that each fit one context: the sum over positions `ranges[i]` (forward
@@ -296,12 +319,26 @@ impl<B: Backend> Embedder<B> {
     /// record's hidden-state feature rows, strands weighted as in `record`. Records are
     /// packed as in `range_sums`. Needs `Feature::Hidden`.
     pub fn query_sums(&mut self, records: &[&[u8]], queries: &[Query], pack_bases: usize) -> Result<Vec<Vec<f64>>> {
+        let pending = self.query_sums_start(records, queries, pack_bases)?;
+        self.query_sums_finish(pending)
+    }
+
+    /// `query_sums` in two steps: this one queues every run and its sums on the backend
+    /// (they are taken before a later run overwrites the output) ...
+    pub fn query_sums_start(&mut self, records: &[&[u8]], queries: &[Query], pack_bases: usize) -> Result<PendingQuerySums<B>> {
         if self.feature != Feature::Hidden {
             bail!("range sums are of hidden states, not logits");
         }
+        let runs = self.pass_sums_start(records, queries, pack_bases)?;
+        Ok(PendingQuerySums { runs, queries: queries.len() })
+    }
+
+    /// ... and this one waits for them, so the host can format one batch while the backend
+    /// computes the next.
+    pub fn query_sums_finish(&self, pending: PendingQuerySums<B>) -> Result<Vec<Vec<f64>>> {
         let (rcps, strand, d) = (self.model.config.rcps, self.strand, self.model.config.d_model);
-        let mut sums = vec![vec![0.0f64; self.width()]; queries.len()];
-        self.pass_sums(records, queries, pack_bases, |q, pass, h| add_hidden_feature(rcps, strand, d, h, pass.weight as f64, &mut sums[q]))?;
+        let mut sums = vec![vec![0.0f64; self.width()]; pending.queries];
+        self.pass_sums_finish(pending.runs, |q, pass, h| add_hidden_feature(rcps, strand, d, h, pass.weight as f64, &mut sums[q]))?;
         Ok(sums)
     }
 
@@ -339,7 +376,13 @@ impl<B: Backend> Embedder<B> {
     /// backend packs, records go several to a context of about `pack_bases` bases (no padding:
     /// the conv and scan state restart at every record boundary) and the sums are taken on the
     /// device; elsewhere one record per run.
-    fn pass_sums(&mut self, records: &[&[u8]], queries: &[Query], pack_bases: usize, mut each: impl FnMut(usize, Pass, &[f64])) -> Result<()> {
+    fn pass_sums(&mut self, records: &[&[u8]], queries: &[Query], pack_bases: usize, each: impl FnMut(usize, Pass, &[f64])) -> Result<()> {
+        let runs = self.pass_sums_start(records, queries, pack_bases)?;
+        self.pass_sums_finish(runs, each)
+    }
+
+    /// `pass_sums` up to the queued sums of every (context, pass) run, in order.
+    fn pass_sums_start(&mut self, records: &[&[u8]], queries: &[Query], pack_bases: usize) -> Result<Vec<PassRun<B>>> {
         if let Some(r) = records.iter().find(|r| r.is_empty() || r.len() > self.context) {
             bail!("a batched record must have 1 to {} bases (--context), not {}", self.context, r.len());
         }
@@ -354,7 +397,7 @@ impl<B: Backend> Embedder<B> {
         let passes = self.passes();
         let mut q0 = 0;
         let mut tokens = Vec::new();
-        let mut sums = Vec::new();
+        let mut runs = Vec::new();
         let policy = if pack { Policy { limit: Some(self.context), max_bases: pack_bases } } else { Policy::ALONE };
         let lens: Vec<usize> = records.iter().map(|r| r.len()).collect();
         for (range, _) in batch::ranges(&lens, policy) {
@@ -368,7 +411,6 @@ impl<B: Backend> Embedder<B> {
                 row += r.len();
             }
             if q1 > q0 {
-                sums.resize((q1 - q0) * hw, 0.0);
                 for &pass in &passes {
                     tokens.clear();
                     for r in group {
@@ -391,13 +433,24 @@ impl<B: Backend> Embedder<B> {
                     } else {
                         self.engine.run_packed(&tokens, &starts)?;
                     }
-                    self.engine.sum_rows(&at, &mut sums)?;
-                    for (k, h) in sums.chunks(hw).enumerate() {
-                        each(q0 + k, pass, h);
-                    }
+                    runs.push(PassRun { q0, pass, sums: self.engine.sum_rows_start(&at)?, len: (q1 - q0) * hw });
                 }
             }
             q0 = q1;
+        }
+        Ok(runs)
+    }
+
+    /// Wait for the runs' sums and hand `each` every query's.
+    fn pass_sums_finish(&self, runs: Vec<PassRun<B>>, mut each: impl FnMut(usize, Pass, &[f64])) -> Result<()> {
+        let hw = self.engine.row_width();
+        let mut sums = Vec::new();
+        for run in runs {
+            sums.resize(run.len, 0.0);
+            self.engine.sum_rows_finish(run.sums, &mut sums)?;
+            for (k, h) in sums.chunks(hw).enumerate() {
+                each(run.q0 + k, run.pass, h);
+            }
         }
         Ok(())
     }

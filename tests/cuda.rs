@@ -350,7 +350,8 @@ fn bf16_matches_cpu() {
         for (chunk, (share, bytes)) in [cuda::DEFAULT_CHUNK, 1000].into_iter().flat_map(|c| SHARES.map(|s| (c, s))) {
             let mut gpu = gpu_engine_shared(&model, chunk, Precision::Bf16, bytes);
             assert!(gpu.backend().name().contains("bf16"));
-            for (i, len) in [1usize, 5, 151, 2500, 20_001].into_iter().enumerate() {
+            // 140,001: three of bf16's default 65,536-row chunks where unshared
+            for (i, len) in [1usize, 5, 151, 2500, 20_001, 140_001].into_iter().enumerate() {
                 let tokens = random_tokens(len, seed * 10 + i as u64);
                 let want = hidden(&mut cpu, &tokens);
                 let got = hidden(&mut gpu, &tokens);
@@ -606,6 +607,44 @@ fn pooled_packed_matches_mean_per_record() {
                     let got: Vec<f32> = ReadPool::mean_of(&sums[k], r.len());
                     assert_close(&got, &want, &format!("{kind:?} {strand:?} pack {pack} record {k} (len {})", r.len()));
                 }
+            }
+        }
+    }
+}
+
+#[test]
+fn queued_sums_survive_later_runs() {
+    if !gpu("queued_sums_survive_later_runs") {
+        return;
+    }
+    // What `embed`'s packed pipeline relies on: three batches queued one after the other
+    // (each run overwrites the output the one before summed) and only then waited for, in
+    // bf16 and f32, against each batch run and summed alone on the CPU.
+    let model = random_model(Kind::Ph, 24, 2, true, 64);
+    let batches: Vec<Vec<Vec<u8>>> = (0..3u64)
+        .map(|b| (0..40u64).map(|i| random_tokens(100 + (i as usize * 37) % 200, 640 + b * 100 + i).iter().map(|t| t % 12).collect()).collect())
+        .collect();
+    for precision in [Precision::F32, Precision::Bf16] {
+        let mut cpu = Embedder::new(Cpu::new(model.clone()), model.clone(), Strand::Both, Feature::Hidden, 131_072, 0).unwrap();
+        let backend = Cuda::with_options(model.clone(), 0, cuda::DEFAULT_CHUNK, precision).unwrap().with_overlap(true);
+        let mut gpu = Embedder::new(backend, model.clone(), Strand::Both, Feature::Hidden, 131_072, 0).unwrap();
+        assert!(gpu.engine().backend().queues());
+        let pending: Vec<_> = batches
+            .iter()
+            .map(|recs| {
+                let refs: Vec<&[u8]> = recs.iter().map(|r| r.as_slice()).collect();
+                gpu.pooled_packed_start(&refs, 1 << 20).unwrap()
+            })
+            .collect();
+        let tol = if precision == Precision::Bf16 { TOL_BF16 } else { 1e-6 };
+        for (b, p) in pending.into_iter().enumerate() {
+            let sums = gpu.query_sums_finish(p).unwrap();
+            let refs: Vec<&[u8]> = batches[b].iter().map(|r| r.as_slice()).collect();
+            let want = cpu.pooled_packed(&refs, 1 << 20).unwrap();
+            for (k, (g, w)) in sums.iter().zip(&want).enumerate() {
+                let g: Vec<f32> = g.iter().map(|&v| v as f32).collect();
+                let w: Vec<f32> = w.iter().map(|&v| v as f32).collect();
+                assert_within(&g, &w, tol, &format!("{precision:?} batch {b} record {k}"));
             }
         }
     }
@@ -950,14 +989,38 @@ fn bench_forward() {
         std::env::var("DNA_MAMBA_SEG_THREADS").unwrap_or_else(|_| "default".into()),
         std::env::var("DNA_MAMBA_SCAN").unwrap_or_else(|_| "default".into())
     );
+    // DNA_MAMBA_BENCH_CHUNK: rows per chunk of the unshared path (and shared, when set)
+    let chunk = std::env::var("DNA_MAMBA_BENCH_CHUNK").ok().map(|c| c.parse::<usize>().expect("chunk"));
     for case in cases.split(',') {
-        let (p, len) = case.split_once(':').expect("precision:bases");
+        // precision:bases, or precision:bases:pN for records of N bases packed into the context
+        let mut f = case.split(':');
+        let (p, len) = (f.next().expect("precision"), f.next().expect("bases"));
+        let packed: Option<usize> = f.next().map(|r| r.trim_start_matches('p').parse().expect("pN"));
         let precision = if p == "bf16" { Precision::Bf16 } else { Precision::F32 };
         let len: usize = len.parse().unwrap();
         let tokens = random_tokens(len, 7);
-        let mut e = gpu_engine(&model, cuda::DEFAULT_CHUNK, precision);
-        let med = median_secs(&mut e, &tokens);
+        let mut e = gpu_engine(&model, chunk.unwrap_or(cuda::DEFAULT_CHUNK), precision);
+        let med = match packed {
+            None => median_secs(&mut e, &tokens),
+            Some(r) => {
+                let starts: Vec<usize> = (0..len).step_by(r).collect();
+                e.run_packed(&tokens, &starts).unwrap();
+                e.backend().synchronize().unwrap();
+                let mut times: Vec<f64> = (0..5)
+                    .map(|_| {
+                        let t0 = Instant::now();
+                        e.run_packed(&tokens, &starts).unwrap();
+                        e.backend().synchronize().unwrap();
+                        t0.elapsed().as_secs_f64()
+                    })
+                    .collect();
+                times.sort_by(f64::total_cmp);
+                times[2]
+            }
+        };
         let (free, total) = e.backend().mem_get_info().unwrap();
-        println!("| {label} | {p} | {len} | {med:.4} | {:.3e} | {} |", len as f64 / med, (total - free) >> 20);
+        let what = packed.map(|r| format!(" packed {r}")).unwrap_or_default();
+        let ch = chunk.map(|c| format!(" chunk {c}")).unwrap_or_default();
+        println!("| {label}{ch}{what} | {p} | {len} | {med:.4} | {:.3e} | {} |", len as f64 / med, (total - free) >> 20);
     }
 }

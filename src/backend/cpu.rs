@@ -314,6 +314,8 @@ impl Cpu {
 impl Backend for Cpu {
     type Buf = CpuBuf;
     type Records = CpuRecords;
+    /// Computed by `sum_rows_start`: `ranges.len() * width` sums.
+    type Sums = Vec<f64>;
 
     fn name(&self) -> String {
         format!("cpu ({} threads, {:?})", rayon::current_num_threads(), self.isa)
@@ -364,24 +366,27 @@ impl Backend for Cpu {
     }
 
     fn rms_norm(&self, src: &CpuBuf, dst: &mut CpuBuf, len: usize, norm: Norm) -> Result<()> {
+        ensure!(src.width == dst.width, "rms_norm: widths differ");
+        dst.data[..len * dst.width].copy_from_slice(&src.data[..len * src.width]);
+        self.rms_norm_in_place(dst, len, norm)
+    }
+
+    fn rms_norm_in_place(&self, buf: &mut CpuBuf, len: usize, norm: Norm) -> Result<()> {
         let d = self.model.config.d_model;
         let eps = self.model.config.norm_epsilon;
         let w = self.norm_weight(norm);
         let w_flip: Vec<f32> = w.iter().rev().copied().collect();
-        ensure!(src.width == dst.width, "rms_norm: widths differ");
-        dst.data[..len * dst.width]
-            .par_chunks_mut(dst.width)
-            .zip(src.data[..len * src.width].par_chunks(src.width))
-            .for_each(|(o, x)| {
-                for (h, (o, x)) in o.chunks_mut(d).zip(x.chunks(d)).enumerate() {
-                    let w = if h == 1 { &w_flip[..] } else { w };
-                    let ms = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
-                    let s = 1.0 / (ms + eps).sqrt();
-                    for ((o, x), w) in o.iter_mut().zip(x).zip(w) {
-                        *o = x * s * w;
-                    }
+        let width = buf.width;
+        buf.data[..len * width].par_chunks_mut(width).for_each(|row| {
+            for (h, x) in row.chunks_mut(d).enumerate() {
+                let w = if h == 1 { &w_flip[..] } else { w };
+                let ms = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
+                let s = 1.0 / (ms + eps).sqrt();
+                for (x, w) in x.iter_mut().zip(w) {
+                    *x = *x * s * w;
                 }
-            });
+            }
+        });
         Ok(())
     }
 
@@ -444,6 +449,24 @@ impl Backend for Cpu {
         let off = start * buf.width;
         ensure!(off + dst.len() <= buf.data.len(), "read_rows: out of range");
         dst.copy_from_slice(&buf.data[off..off + dst.len()]);
+        Ok(())
+    }
+
+    fn sum_rows_start(&self, buf: &CpuBuf, width: usize, ranges: &[(usize, usize)]) -> Result<Vec<f64>> {
+        ensure!(width == buf.width, "sum_rows: width {width} of a {}-wide buffer", buf.width);
+        ensure!(ranges.iter().all(|&(a, b)| a <= b && b * width <= buf.data.len()), "sum_rows: rows out of range");
+        let mut out = vec![0.0f64; ranges.len() * width];
+        for (&(a, b), sum) in ranges.iter().zip(out.chunks_mut(width.max(1))) {
+            for row in buf.data[a * width..b * width].chunks(width.max(1)) {
+                sum.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
+            }
+        }
+        Ok(out)
+    }
+
+    fn sum_rows_finish(&self, sums: Vec<f64>, out: &mut [f64]) -> Result<()> {
+        ensure!(out.len() == sums.len(), "sum_rows: output of the wrong size");
+        out.copy_from_slice(&sums);
         Ok(())
     }
 

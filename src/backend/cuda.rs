@@ -39,7 +39,7 @@ use cudarc::cublas::{
 };
 use cudarc::driver::{
     sys::CUdevice_attribute, CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut,
-    LaunchConfig, PushKernelArg,
+    LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 
 use super::{Backend, Dir, Norm, Precision, View};
@@ -57,9 +57,10 @@ pub const DEFAULT_CHUNK: usize = 32768;
 /// directions one by one, chunk by chunk, in the memory the 1M-base budget allows.
 const SHARE_BYTES: usize = 1 << 30;
 
-/// Positions per chunk in shared layers when the chunk is the default: 65536 ran 6-10%
-/// faster than 32768 at 131,072 bases on an H100, and only contexts within SHARE_BYTES get
-/// it. A chunk chosen explicitly (`with_chunk`, tests) is used by both paths.
+/// Positions per chunk in shared layers, and in bf16 mode, when the chunk is the default:
+/// 65536 ran 6-10% faster than 32768 at 131,072 bases on an H100, and 10% faster at 1M bases
+/// in bf16 on an H200 (unshared; 131072 another 5%, but over the 3 GiB budget). A chunk chosen
+/// explicitly (`with_chunk`, tests) is used by both paths.
 const SHARED_CHUNK: usize = 65536;
 /// (segment, channel) threads per SM the scan is sized for: enough segments to fill every SM.
 const SEG_THREADS: usize = 2048;
@@ -80,14 +81,22 @@ pub fn available() -> Result<usize> {
     Ok(n as usize)
 }
 
-/// `[rows, width]` row-major f32 in device memory.
+/// `[rows, width]` row-major f32 in device memory; or, `half`, bf16 values only (the bf16
+/// mode's normalized stream, which only in_proj reads), packed into half the bytes.
 pub struct CudaBuf {
     data: CudaSlice<f32>,
     rows: usize,
     width: usize,
+    half: bool,
 }
 
 impl CudaBuf {
+    /// Refuse a bf16-only buffer where f32 rows are read or written.
+    fn full(&self, what: &str) -> Result<()> {
+        ensure!(!self.half, "{what}: the buffer holds bf16 values only");
+        Ok(())
+    }
+
     pub fn rows(&self) -> usize {
         self.rows
     }
@@ -245,6 +254,10 @@ pub struct Cuda {
     fuse_dt: bool,
     /// (segment, channel) threads per SM the scan's segments are sized for.
     seg_threads: usize,
+    /// Sums copied asynchronously into page-locked memory, so that callers overlap their host
+    /// work with the GPU (`queues`). Opt-in (`DNA_MAMBA_OVERLAP=1`, `with_overlap`) until it
+    /// has run on a GPU; otherwise each sum_rows_start copies and synchronizes, as before.
+    overlap: bool,
     /// cuBLAS refused FAST_16BF for dt_proj once: it runs in f32 from then on.
     no_fast_bf16: AtomicBool,
     sms: usize,
@@ -256,6 +269,9 @@ pub struct Cuda {
     mixers: Vec<(DevMamba, Option<DevMamba>)>,
     scratch: Mutex<Option<Scratch>>,
     shared: Mutex<Option<Shared>>,
+    /// Page-locked host buffers the sums are copied into, reused: the copy is then
+    /// asynchronous, so the host formats one batch while the GPU computes the next.
+    pinned: Mutex<Vec<PinnedHostSlice<f64>>>,
     /// Largest `Shared` set to allocate; longer contexts run the directions one by one.
     share_bytes: usize,
     /// Stands in for the record ids when the context is one record.
@@ -302,6 +318,12 @@ impl Cuda {
     }
 
     /// Selects the scan kernels (tests compare both; the default is `DNA_MAMBA_SCAN` or one-pass).
+    /// Asynchronous sums (see `overlap`), whatever DNA_MAMBA_OVERLAP says.
+    pub fn with_overlap(mut self, overlap: bool) -> Self {
+        self.overlap = overlap;
+        self
+    }
+
     pub fn with_scan(mut self, scan: Scan) -> Self {
         self.scan = scan;
         self
@@ -402,12 +424,15 @@ impl Cuda {
             stream,
             blas,
             k,
-            chunk,
             shared_chunk: if chunk == DEFAULT_CHUNK { SHARED_CHUNK } else { chunk },
+            // bf16: the normalized stream's half-size buffer leaves room for the longer chunk
+            // within the 1M-base budget (2.34 -> 2.59 M bases/s at 1M on an H200)
+            chunk: if chunk == DEFAULT_CHUNK && precision == Precision::Bf16 { SHARED_CHUNK } else { chunk },
             precision,
             scan: Scan::from_env()?,
             fuse_dt: sizes.fuse_dt(),
             seg_threads: seg_threads()?,
+            overlap: std::env::var("DNA_MAMBA_OVERLAP").is_ok_and(|v| v == "1"),
             no_fast_bf16: AtomicBool::new(false),
             sms,
             label,
@@ -418,6 +443,7 @@ impl Cuda {
             mixers,
             scratch: Mutex::new(None),
             shared: Mutex::new(None),
+            pinned: Mutex::new(Vec::new()),
             share_bytes: SHARE_BYTES,
             no_records,
             no_acc,
@@ -453,6 +479,40 @@ impl Cuda {
             });
         }
         Ok(slot.as_mut().expect("allocated above"))
+    }
+
+    /// `dst = RMSNorm(src)` over `len` rows of `width` (src and dst may be the same memory);
+    /// `half`: bf16 output packed from dst's start.
+    ///
+    /// # Safety
+    /// Both pointers must hold `len` rows of `width` (bf16 ones for dst when `half`).
+    unsafe fn rms_norm_ptrs(&self, src: u64, dst: u64, len: usize, width: usize, norm: Norm, half: bool) -> Result<()> {
+        let cfg = &self.model.config;
+        let d = cfg.d_model;
+        ensure!(width.is_multiple_of(d), "rms_norm: width {width} is not a multiple of d_model");
+        let w = match norm {
+            Norm::Layer(i) => self.norms.get(i).ok_or_else(|| anyhow!("no layer {i}"))?,
+            Norm::Final => &self.norm_f,
+        };
+        let halves = i32_of(width / d, "halves")?;
+        let di = i32_of(d, "d_model")?;
+        let (eps, half) = (cfg.norm_epsilon, half as i32);
+        let mut b = self.stream.launch_builder(&self.k.rms_norm);
+        b.arg(&src).arg(&dst).arg(w).arg(&len).arg(&di).arg(&halves).arg(&eps).arg(&half);
+        // SAFETY: the caller's rows; one warp per (row, half) reads the d-element weight
+        unsafe { b.launch(grid(len * halves as usize * 32, 256)) }?;
+        Ok(())
+    }
+
+    /// A page-locked host buffer of at least `n` f64 from the pool, or a new one.
+    fn take_pinned(&self, n: usize) -> Result<PinnedHostSlice<f64>> {
+        let mut pool = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = pool.iter().position(|p| p.len() >= n) {
+            return Ok(pool.swap_remove(k));
+        }
+        // no write-combining: the host reads these
+        // SAFETY: the buffer is only read after the copy into it has completed (its event)
+        unsafe { self.ctx.alloc_pinned_with_flags::<f64>(n.next_power_of_two(), 0) }.context("page-locked host memory for the sums")
     }
 
     /// Wait for all queued work (for timing).
@@ -542,7 +602,8 @@ impl Cuda {
     fn in_proj_bf16(&self, w: &CudaSlice<u16>, input: &CudaBuf, r0: usize, col: usize, rows: usize, xz: &mut CudaSlice<f32>) -> Result<()> {
         let cfg = &self.model.config;
         let (d, di) = (cfg.d_model, cfg.d_inner());
-        ensure!((r0 + rows) * input.width <= input.data.len() && col + d <= input.width, "in_proj: rows out of range");
+        // bf16 values: two to each f32 of the buffer
+        ensure!((r0 + rows) * input.width <= 2 * input.data.len() && col + d <= input.width, "in_proj: rows out of range");
         let (base, _g) = input.data.device_ptr(&self.stream);
         let a = base + ((r0 * input.width + col) * 2) as u64;
         let (cp, _c) = xz.device_ptr_mut(&self.stream);
@@ -657,7 +718,7 @@ impl Cuda {
             *slot = None; // free the old set before allocating the larger one
             let z = |len: usize| self.stream.alloc_zeros::<f32>(len.max(1));
             let zh = |len: usize| self.stream.alloc_zeros::<u16>(if half { len.max(1) } else { 1 });
-            let segs = rows.div_ceil(self.shortest_segment());
+            let segs = self.max_segments(rows);
             let set = (|| -> Result<Scratch> {
                 Ok(Scratch {
                     rows,
@@ -688,6 +749,13 @@ impl Cuda {
         let cfg = &self.model.config;
         let want_segments = (self.sms * self.seg_threads).div_ceil(cfg.d_inner()).max(1);
         t.div_ceil(want_segments).max(self.shortest_segment()).min(self.longest_segment())
+    }
+
+    /// The most segments a chunk of at most `rows` steps is cut into: segment_len aims at
+    /// `want` segments, and only a segment clamped to the longest makes more (monotone in t).
+    fn max_segments(&self, rows: usize) -> usize {
+        let want = (self.sms * self.seg_threads).div_ceil(self.model.config.d_inner()).max(1);
+        want.max(rows.div_ceil(self.segment_len(rows.max(1))))
     }
 
     /// Longest segment whose B and C rows and reset flags fit the scan's shared memory.
@@ -723,8 +791,8 @@ impl Cuda {
         };
         b.arg(&io.acc_mode);
         // SAFETY: nseg·seg covers the t rows of the t-row intermediates (x, delta, dbc, xz,
-        // and the shared outputs from the chunk's row on); h and dsum hold ceil(rows / shortest
-        // segment) >= nseg segments; the carried state is di·n; shared memory holds seg rows of
+        // and the shared outputs from the chunk's row on); h and dsum hold >= nseg segments
+        // (checked); the carried state is di·n; shared memory holds seg rows of
         // B and C and seg flags; in bf16 mode the output goes to xc_h (t rows of di, no longer
         // read by x_proj, which ran before on this stream) or the shared y_h; acc_mode 0 never
         // touches no_acc.
@@ -769,7 +837,7 @@ impl Cuda {
             b.arg(&io.t32).arg(&io.di32).arg(&io.nx32).arg(&io.rk32).arg(&io.seg32).arg(&io.rev32);
             b.arg(io.rec).arg(&io.r0_64).arg(&io.len64).arg(&io.packed).arg(&m.dt_w).arg(&io.fuse_dt);
             // SAFETY: nseg·seg covers t rows of the t-row intermediates; h and dsum hold
-            // ceil(rows / shortest segment) >= nseg segments; shared memory holds seg rows
+            // >= nseg segments (checked in run_mixer); shared memory holds seg rows
             // of B (with fuse_dt: of [δ_r | B]) and seg flags; dt_w is di·dt_rank.
             let width = if io.fuse_dt != 0 { self.model.config.dt_rank() + n } else { n };
             unsafe { b.launch((g.seg)(width, g.nseg)) }?;
@@ -839,6 +907,7 @@ impl Cuda {
         let (w_in, w_out) = (input.width, acc.width);
         ensure!(view.col + d <= w_in && view.col + d <= w_out, "mixer: view outside the buffer");
         ensure!(len <= input.rows && len <= acc.rows, "mixer: rows out of range");
+        acc.full("mixer")?;
         if len == 0 {
             return Ok(());
         }
@@ -893,6 +962,7 @@ impl Cuda {
             match in_proj {
                 _ if shared.is_some() => {}
                 Weight::F32(w) => {
+                    input.full("in_proj (f32)")?;
                     let u = input.data.slice(r0 * w_in + view.col..);
                     self.linear(w, 2 * di, d, &u, w_in, t, &mut s.xz.slice_mut(..), 2 * di, 0.0)?
                 }
@@ -923,6 +993,7 @@ impl Cuda {
             let seg = self.segment_len(t);
             let nseg = t.div_ceil(seg);
             ensure!(nseg <= 65535, "scan: too many segments");
+            ensure!(nseg * di * n <= s.h.len() && nseg * di <= s.dsum.len(), "scan: {nseg} segments exceed the scratch");
             let fuse_dt = self.fuse_dt && self.scan == Scan::TwoPass && nseg > 1;
             if !fuse_dt {
                 if half {
@@ -993,9 +1064,22 @@ impl Cuda {
     }
 }
 
+/// Column sums in flight: the pieces' sums on their way to page-locked memory.
+pub struct Sums {
+    /// Page-locked, on its way (`overlap`) ...
+    host: Option<PinnedHostSlice<f64>>,
+    /// ... or already copied.
+    ready: Option<Vec<f64>>,
+    /// The range each piece belongs to.
+    owner: Vec<usize>,
+    width: usize,
+    ranges: usize,
+}
+
 impl Backend for Cuda {
     type Buf = CudaBuf;
     type Records = Records;
+    type Sums = Sums;
 
     fn name(&self) -> String {
         self.label.clone()
@@ -1007,13 +1091,28 @@ impl Backend for Cuda {
             .stream
             .alloc_zeros::<f32>(n.max(1))
             .with_context(|| format!("cannot allocate {} MiB on the GPU for a {rows} x {width} buffer", (n * 4) >> 20))?;
-        Ok(CudaBuf { data, rows, width })
+        Ok(CudaBuf { data, rows, width, half: false })
+    }
+
+    fn alloc_normalized(&self, rows: usize, width: usize) -> Result<CudaBuf> {
+        if self.precision != Precision::Bf16 {
+            return self.alloc(rows, width);
+        }
+        // bf16 mode: the layers' norms write bf16 here and in_proj reads it so; half the memory
+        // (512 MiB less at 1M bases, d_model 256)
+        let n = rows.checked_mul(width).ok_or_else(|| anyhow!("buffer size overflows"))?;
+        let data = self
+            .stream
+            .alloc_zeros::<f32>(n.div_ceil(2).max(1))
+            .with_context(|| format!("cannot allocate {} MiB on the GPU for a {rows} x {width} bf16 buffer", (n * 2) >> 20))?;
+        Ok(CudaBuf { data, rows, width, half: true })
     }
 
     fn embed(&self, tokens: &[u8], out: &mut CudaBuf) -> Result<()> {
         let cfg = &self.model.config;
         let vocab = cfg.vocab_padded();
         ensure!(tokens.len() <= out.rows && out.width == cfg.hidden_width(), "embed: buffer too small");
+        out.full("embed")?;
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= vocab) {
             anyhow::bail!("token id {t} is outside the model's vocabulary of {vocab}");
         }
@@ -1032,6 +1131,7 @@ impl Backend for Cuda {
 
     fn swap_halves(&self, buf: &mut CudaBuf, len: usize) -> Result<()> {
         ensure!(len <= buf.rows && buf.width.is_multiple_of(2), "swap_halves: bad buffer");
+        buf.full("swap_halves")?;
         let d = buf.width / 2;
         let di = i32_of(d, "width")?;
         let mut b = self.stream.launch_builder(&self.k.swap_halves);
@@ -1042,26 +1142,26 @@ impl Backend for Cuda {
     }
 
     fn rms_norm(&self, src: &CudaBuf, dst: &mut CudaBuf, len: usize, norm: Norm) -> Result<()> {
-        let cfg = &self.model.config;
-        let d = cfg.d_model;
-        ensure!(src.width == dst.width && src.width.is_multiple_of(d), "rms_norm: widths differ");
+        ensure!(src.width == dst.width, "rms_norm: widths differ");
         ensure!(len <= src.rows && len <= dst.rows, "rms_norm: rows out of range");
-        let w = match norm {
-            Norm::Layer(i) => self.norms.get(i).ok_or_else(|| anyhow!("no layer {i}"))?,
-            Norm::Final => &self.norm_f,
-        };
-        let halves = i32_of(src.width / d, "halves")?;
-        let di = i32_of(d, "d_model")?;
-        let eps = cfg.norm_epsilon;
+        src.full("rms_norm")?;
         // bf16 mode: a layer's normalized stream is read only by in_proj, as bf16: written so
         // (packed in the first half of dst's bytes, `in_proj_bf16`), it needs no conversion pass
-        let half = (self.precision == Precision::Bf16 && matches!(norm, Norm::Layer(_))) as i32;
-        let mut b = self.stream.launch_builder(&self.k.rms_norm);
-        b.arg(&src.data).arg(&mut dst.data).arg(w).arg(&len).arg(&di).arg(&halves).arg(&eps).arg(&half);
-        // SAFETY: len rows of the common width are within both buffers (checked); one warp
-        // per (row, half) reads the d-element weight; bf16 output takes half the bytes.
-        unsafe { b.launch(grid(len * halves as usize * 32, 256)) }?;
-        Ok(())
+        let half = self.precision == Precision::Bf16 && matches!(norm, Norm::Layer(_));
+        ensure!(half || !dst.half, "rms_norm: f32 output into a bf16 buffer");
+        let (s, _g) = src.data.device_ptr(&self.stream);
+        let (d, _h) = dst.data.device_ptr_mut(&self.stream);
+        // SAFETY: len rows of the common width are within both buffers (checked)
+        unsafe { self.rms_norm_ptrs(s, d, len, src.width, norm, half) }
+    }
+
+    fn rms_norm_in_place(&self, buf: &mut CudaBuf, len: usize, norm: Norm) -> Result<()> {
+        ensure!(len <= buf.rows, "rms_norm: rows out of range");
+        buf.full("rms_norm")?;
+        let (p, _g) = buf.data.device_ptr_mut(&self.stream);
+        // SAFETY: len rows within the buffer (checked); the kernel reads a (row, half) before
+        // its warp writes it, so source and destination may be the same; f32 output
+        unsafe { self.rms_norm_ptrs(p, p, len, buf.width, norm, false) }
     }
 
     fn mixer(&self, layer: usize, dir: Dir, input: &CudaBuf, acc: &mut CudaBuf, len: usize, view: View, records: Option<&Records>) -> Result<()> {
@@ -1110,6 +1210,10 @@ impl Backend for Cuda {
         // [x | z] = u · W_inᵀ once for the whole context and both directions
         let u = input.data.slice(view.col..);
         match in_proj {
+            Weight::F32(_) => input.full("in_proj (f32)")?,
+            Weight::Bf16(_) => {}
+        }
+        match in_proj {
             Weight::F32(w) => self.linear(w, 2 * di, d, &u, w_in, len, &mut sh.xz.slice_mut(..), 2 * di, 0.0)?,
             Weight::Bf16(w) => self.in_proj_bf16(w, input, 0, view.col, len, &mut sh.xz)?,
         }
@@ -1141,6 +1245,10 @@ impl Backend for Cuda {
         true
     }
 
+    fn queues(&self) -> bool {
+        self.overlap
+    }
+
     fn records(&self, starts: &[usize], len: usize) -> Result<Records> {
         super::check_record_starts(starts, len)?;
         ensure!(starts.len() <= i32::MAX as usize, "too many packed records");
@@ -1153,50 +1261,73 @@ impl Backend for Cuda {
         Ok(Records { rec, len })
     }
 
-    fn sum_rows(&self, buf: &CudaBuf, width: usize, ranges: &[(usize, usize)], out: &mut [f64]) -> Result<()> {
+    fn sum_rows_start(&self, buf: &CudaBuf, width: usize, ranges: &[(usize, usize)]) -> Result<Sums> {
         ensure!(width == buf.width, "sum_rows: width {width} of a {}-wide buffer", buf.width);
-        ensure!(out.len() == ranges.len() * width, "sum_rows: output of the wrong size");
+        buf.full("sum_rows")?;
         ensure!(ranges.iter().all(|&(a, b)| a <= b && b <= buf.rows), "sum_rows: rows out of range");
-        out.fill(0.0);
-        if ranges.is_empty() || width == 0 {
-            return Ok(());
-        }
         // Long ranges are cut into pieces summed by separate blocks (one block walking a
-        // million rows would take ~0.2 s); the pieces' sums are added here.
+        // million rows would take ~0.2 s); the pieces' sums are added in sum_rows_finish.
         const PIECE: usize = 1024;
         let mut pieces: Vec<i64> = Vec::new();
         let mut owner: Vec<usize> = Vec::new();
         for (i, &(a, b)) in ranges.iter().enumerate() {
             let mut r = a;
-            loop {
+            while r < b {
                 let e = (r + PIECE).min(b);
                 pieces.extend([r as i64, e as i64]);
                 owner.push(i);
-                if e >= b {
-                    break;
-                }
                 r = e;
             }
         }
+        let mut sums = Sums { host: None, ready: None, owner, width, ranges: ranges.len() };
+        if sums.owner.is_empty() || width == 0 {
+            return Ok(sums);
+        }
+        let n = sums.owner.len() * width;
         let dev_ranges = self.stream.clone_htod(&pieces)?;
-        let mut sums = self.stream.alloc_zeros::<f64>(owner.len() * width)?;
+        let mut dev = self.stream.alloc_zeros::<f64>(n)?;
         let w32 = i32_of(width, "width")?;
         let threads = width.next_multiple_of(32).min(256);
         let cfg = LaunchConfig {
-            grid_dim: (u32::try_from(owner.len()).context("too many ranges")?, width.div_ceil(threads) as u32, 1),
+            grid_dim: (u32::try_from(sums.owner.len()).context("too many ranges")?, width.div_ceil(threads) as u32, 1),
             block_dim: (threads as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         let mut b = self.stream.launch_builder(&self.k.sum_rows);
-        b.arg(&buf.data).arg(&w32).arg(&dev_ranges).arg(&mut sums);
+        b.arg(&buf.data).arg(&w32).arg(&dev_ranges).arg(&mut dev);
         // SAFETY: every piece lies within the buffer's rows (checked); one block column-slice
         // per piece writes its width sums.
         unsafe { b.launch(cfg) }?;
-        let mut host = vec![0f64; owner.len() * width];
-        self.stream.memcpy_dtoh(&sums, &mut host)?;
-        self.stream.synchronize()?;
-        for (&i, sum) in owner.iter().zip(host.chunks(width)) {
-            out[i * width..][..width].iter_mut().zip(sum).for_each(|(o, s)| *o += s);
+        if !self.overlap {
+            let mut host = vec![0f64; n];
+            self.stream.memcpy_dtoh(&dev, &mut host)?;
+            self.stream.synchronize()?;
+            sums.ready = Some(host);
+            return Ok(sums);
+        }
+        let mut host = self.take_pinned(n)?;
+        // asynchronous into page-locked memory: the copy records the buffer's event, which
+        // sum_rows_finish waits for (dev and dev_ranges are freed in stream order)
+        self.stream.memcpy_dtoh(&dev.slice(..n), &mut host)?;
+        sums.host = Some(host);
+        Ok(sums)
+    }
+
+    fn sum_rows_finish(&self, sums: Sums, out: &mut [f64]) -> Result<()> {
+        let Sums { host, ready, owner, width, ranges } = sums;
+        ensure!(out.len() == ranges * width, "sum_rows: output of the wrong size");
+        out.fill(0.0);
+        let add = |out: &mut [f64], got: &[f64]| {
+            for (&i, sum) in owner.iter().zip(got.chunks(width)) {
+                out[i * width..][..width].iter_mut().zip(sum).for_each(|(o, s)| *o += s);
+            }
+        };
+        if let Some(got) = ready {
+            add(out, &got);
+        }
+        if let Some(host) = host {
+            add(out, host.as_slice().context("waiting for the GPU's sums")?);
+            self.pinned.lock().unwrap_or_else(|e| e.into_inner()).push(host);
         }
         Ok(())
     }
@@ -1204,6 +1335,7 @@ impl Backend for Cuda {
     fn read_rows(&self, buf: &CudaBuf, start: usize, dst: &mut [f32]) -> Result<()> {
         let off = start * buf.width;
         ensure!(off + dst.len() <= buf.rows * buf.width, "read_rows: out of range");
+        buf.full("read_rows")?;
         if dst.is_empty() {
             return Ok(());
         }
@@ -1215,6 +1347,8 @@ impl Backend for Cuda {
     fn copy_rows(&self, src: &CudaBuf, dst: &mut CudaBuf, len: usize) -> Result<()> {
         let n = len * src.width;
         ensure!(src.width == dst.width && len <= src.rows && len <= dst.rows, "copy_rows: out of range");
+        src.full("copy_rows")?;
+        dst.full("copy_rows")?;
         if n > 0 {
             self.stream.memcpy_dtod(&src.data.slice(..n), &mut dst.data.slice_mut(..n))?;
         }

@@ -13,6 +13,8 @@ use crate::backend::{Backend, Dir, Norm, View};
 pub struct Engine<B: Backend> {
     backend: B,
     cfg: Config,
+    /// (residual, normalized): the final norm runs in place on the residual stream, so the
+    /// normalized one is read only by the layers' mixers (and may be stored smaller).
     streams: Option<(B::Buf, B::Buf)>,
     capacity: usize,
     len: usize,
@@ -23,6 +25,13 @@ pub struct Engine<B: Backend> {
     taps: Vec<usize>,
     /// Copies of the residual stream at every tap but the last (which is read from `r`).
     tap_bufs: Vec<B::Buf>,
+}
+
+/// Column sums of one run's output in flight (`Engine::sum_rows_start`), one part per
+/// output buffer (layer).
+pub struct PendingSums<B: Backend> {
+    parts: Vec<B::Sums>,
+    ranges: usize,
 }
 
 /// The views a layer's mixer runs through: the first half as is and, for RCPS, the second
@@ -80,9 +89,10 @@ impl<B: Backend> Engine<B> {
 
     /// The buffers a run leaves its outputs in, one per layer of a row.
     fn outputs(&self) -> Result<Vec<&B::Buf>> {
-        let (r, n) = self.streams.as_ref().ok_or_else(|| anyhow::anyhow!("no context has been run"))?;
+        let (r, _) = self.streams.as_ref().ok_or_else(|| anyhow::anyhow!("no context has been run"))?;
         if self.taps.is_empty() {
-            return Ok(vec![n]);
+            // the final norm ran in place on the residual stream
+            return Ok(vec![r]);
         }
         Ok(self.tap_bufs.iter().chain(std::iter::once(r)).collect())
     }
@@ -127,7 +137,7 @@ impl<B: Backend> Engine<B> {
         if self.capacity < len {
             // Drop the old pair first so peak memory is one pair, not two.
             self.streams = None;
-            self.streams = Some((self.backend.alloc(len, width)?, self.backend.alloc(len, width)?));
+            self.streams = Some((self.backend.alloc(len, width)?, self.backend.alloc_normalized(len, width)?));
             self.capacity = len;
         }
         Ok(())
@@ -160,8 +170,8 @@ impl<B: Backend> Engine<B> {
         }
         self.carry = carry;
         if self.taps.is_empty() {
-            let (r, n) = self.streams.as_mut().expect("allocated above");
-            self.backend.rms_norm(r, n, len, Norm::Final)?;
+            let (r, _) = self.streams.as_mut().expect("allocated above");
+            self.backend.rms_norm_in_place(r, len, Norm::Final)?;
         }
         self.len = len;
         Ok(())
@@ -198,23 +208,37 @@ impl<B: Backend> Engine<B> {
 
     /// Column sums (f64) of row ranges of the last run's output, `row_width()` each.
     pub fn sum_rows(&self, ranges: &[(usize, usize)], out: &mut [f64]) -> Result<()> {
+        let sums = self.sum_rows_start(ranges)?;
+        self.sum_rows_finish(sums, out)
+    }
+
+    /// `sum_rows`, queued: the sums are taken before the next run overwrites the output, and
+    /// `sum_rows_finish` waits for them (so the host can work while the backend computes).
+    pub fn sum_rows_start(&self, ranges: &[(usize, usize)]) -> Result<PendingSums<B>> {
         anyhow::ensure!(ranges.iter().all(|&(a, b)| a <= b && b <= self.len), "sum past the end of the context");
         let hw = self.cfg.hidden_width();
-        let bufs = self.outputs()?;
-        if let [buf] = bufs.as_slice() {
-            return self.backend.sum_rows(buf, hw, ranges, out);
+        let parts = self.outputs()?.into_iter().map(|buf| self.backend.sum_rows_start(buf, hw, ranges)).collect::<Result<_>>()?;
+        Ok(PendingSums { parts, ranges: ranges.len() })
+    }
+
+    /// The sums of `sum_rows_start`; with several layers, each range's layers side by side.
+    pub fn sum_rows_finish(&self, sums: PendingSums<B>, out: &mut [f64]) -> Result<()> {
+        let hw = self.cfg.hidden_width();
+        let PendingSums { mut parts, ranges } = sums;
+        anyhow::ensure!(out.len() == ranges * hw * parts.len(), "sum_rows: output of the wrong size");
+        if parts.len() == 1 {
+            return self.backend.sum_rows_finish(parts.pop().expect("one part"), out);
         }
-        anyhow::ensure!(out.len() == ranges.len() * hw * bufs.len(), "sum_rows: output of the wrong size");
-        let mut part = vec![0.0; ranges.len() * hw];
-        for (k, buf) in bufs.iter().enumerate() {
-            self.backend.sum_rows(buf, hw, ranges, &mut part)?;
-            for (dst, src) in out.chunks_mut(hw * bufs.len()).zip(part.chunks(hw)) {
+        let n = parts.len();
+        let mut part = vec![0.0; ranges * hw];
+        for (k, p) in parts.into_iter().enumerate() {
+            self.backend.sum_rows_finish(p, &mut part)?;
+            for (dst, src) in out.chunks_mut(hw * n).zip(part.chunks(hw)) {
                 dst[k * hw..(k + 1) * hw].copy_from_slice(src);
             }
         }
         Ok(())
     }
-
 
     /// The forward pass over one context; `records`: the packed records' boundaries.
     fn forward(&mut self, tokens: &[u8], records: Option<&B::Records>) -> Result<()> {
@@ -243,8 +267,8 @@ impl<B: Backend> Engine<B> {
             self.keep_tap(layer + 1, len)?;
         }
         if self.taps.is_empty() {
-            let (r, n) = self.streams.as_mut().expect("allocated above");
-            self.backend.rms_norm(r, n, len, Norm::Final)?;
+            let (r, _) = self.streams.as_mut().expect("allocated above");
+            self.backend.rms_norm_in_place(r, len, Norm::Final)?;
         }
         self.len = len;
         Ok(())
