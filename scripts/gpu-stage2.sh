@@ -4,7 +4,7 @@
 # Run from the repository root on the GPU machine with the carried folder G holding cuda-tests
 # (cargo test --release --test cuda --no-default-features --features cuda --no-run: no built-in
 # model in it) and dna-mamba.
-# usage: scripts/gpu-stage2.sh G [tests] [tests80] [bench] [sanitize] [sweep] [cli] [scaling] [ncu] [detail] [plantcad]
+# usage: scripts/gpu-stage2.sh G [tests] [tests80] [bench] [sanitize] [sweep] [cli] [scaling] [overlap] [ncu] [detail] [plantcad]
 #   tests80   the GPU tests on the generic build (kernels compiled for sm_80, JIT-compiled by the driver)
 #   plantcad  issue 16's zero-shot benchmark: random PlantCaduceus l20 / l32 models, the variants in
 #             $G/pc (22_20-21M.fa + .fai, both.vcf: scripts/variants-bench.sh prep), bf16 and f32
@@ -85,6 +85,15 @@ scaling)
         head -n $((2 * n)) /tmp/d/r16x131k.fa > /tmp/d/s$n.fa
         DNA_MAMBA=$G/dna-mamba scripts/bench-gpu.sh "bf16-${n}x131k" /tmp/d/s$n.fa -m /tmp/m/ph --strand fwd --precision ${SCALING_PRECISION:-bf16} -o /dev/null
     done 2>&1 | tee "$OUT/scaling.log" ;;
+overlap)
+    # embed's packed pipeline: the GPU's sums queued (DNA_MAMBA_OVERLAP=1) against copied and
+    # synchronized per batch, on 200,000 and 1,000,000 150-bp reads, bf16; CSVs compared
+    python3 scripts/random-model.py /tmp/m/ph > /dev/null && python3 scripts/bench-inputs.py /tmp/d
+    for reads in 200k 1m; do for ov in 0 1; do
+        DNA_MAMBA_OVERLAP=$ov DNA_MAMBA=$G/dna-mamba scripts/bench-gpu.sh "reads$reads-overlap$ov" /tmp/d/reads150_$reads.fa \
+            -m /tmp/m/ph --strand fwd --precision bf16 -v -o /tmp/reads$reads-$ov.csv
+        grep "time in" "/tmp/err.reads$reads-overlap$ov"
+    done; cmp /tmp/reads$reads-0.csv /tmp/reads$reads-1.csv && echo "reads$reads: identical CSVs"; done 2>&1 | tee "$OUT/overlap.log" ;;
 ncu)
     for prec in bf16 f32; do
         DNA_MAMBA_PROFILE_PRECISION=$prec ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
