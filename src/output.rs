@@ -11,6 +11,7 @@ pub mod file;
 pub mod npy;
 pub mod rows;
 pub mod safetensors;
+pub mod smooth;
 pub mod vcf;
 
 use std::time::{Duration, Instant};

@@ -190,6 +190,19 @@ fn position_head_finds_planted_islands() {
     // --label keeps one label's runs; bedgraph writes its probability per base
     let only = ok(&["classify", &fa, "--head", &head, "-m", &model("ph"), "--device", "cpu", "-q", "--format", "bed", "--label", "island"]);
     assert!(only.lines().all(|l| l.split('\t').nth(3) == Some("island")));
+    // --smooth and --min-run: still a tiling of each record, no run under the minimum, fewer runs
+    let smooth = ok(&["classify", &fa, "--head", &head, "-m", &model("ph"), "--device", "cpu", "-q", "--format", "bed", "--smooth", "31", "--min-run", "200"]);
+    let mut next: std::collections::HashMap<&str, usize> = Default::default();
+    for l in smooth.lines() {
+        let f: Vec<&str> = l.split('\t').collect();
+        let (st, en): (usize, usize) = (f[1].parse().unwrap(), f[2].parse().unwrap());
+        assert_eq!(*next.get(f[0]).unwrap_or(&0), st, "{l}");
+        assert!(en - st >= 200, "{l}");
+        next.insert(f[0], en);
+    }
+    assert_eq!((next["c1"], next["c2"]), (30_000, 30_000));
+    assert!(smooth.lines().count() <= out.lines().count(), "{} vs {} runs", smooth.lines().count(), out.lines().count());
+    fails(&["classify", &fa, "--head", &head, "-m", &model("ph"), "--format", "bedgraph", "--min-run", "5"], "--min-run joins BED runs");
     let graph = ok(&["classify", &fa, "--head", &head, "-m", &model("ph"), "--device", "cpu", "-q", "--format", "bedgraph"]);
     let mut lines = graph.lines();
     assert_eq!(lines.next(), Some("track type=bedGraph name=\"isl p(island)\""));

@@ -18,6 +18,7 @@ use crate::heads::metrics::argmax;
 use crate::heads::{self, Head, Level, Scratch, Source};
 use crate::model::Model;
 use crate::output::bed::{Bed, BedGraph, PositionWriter};
+use crate::output::smooth::Smoothed;
 use crate::output::csv::Csv;
 use crate::output::Output;
 use crate::progress::Progress;
@@ -59,6 +60,14 @@ pub struct ClassifyArgs {
     /// the head's background]. bed: write only the runs of this label.
     #[arg(long, value_name = "LABEL")]
     pub label: Option<String>,
+    /// bed/bedgraph: each base's probabilities averaged over the W bases centered on it
+    /// (clipped at the record's ends) before the call [default: 1, as computed].
+    #[arg(long, value_name = "W", default_value_t = 1)]
+    pub smooth: usize,
+    /// bed: runs shorter than N bases join the run before them (a record's first, the run
+    /// after it); scores are the mean over the joined run [default: 1, every run as called].
+    #[arg(long = "min-run", value_name = "N", default_value_t = 1)]
+    pub min_run: usize,
     #[command(flatten)]
     pub tiles: Tiles,
 }
@@ -93,7 +102,12 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
         (Level::Position, OutFormat::Csv) => bail!("head '{}' gives a label per base: use --format bed or bedgraph", heads[0].meta.task),
         (Level::Position, _) if heads.len() > 1 => bail!("one position-level head per run (got {})", heads.len()),
         (Level::Read, _) if a.label.is_some() => bail!("--label is for bed/bedgraph output"),
+        (Level::Read, _) if a.smooth != 1 || a.min_run != 1 => bail!("--smooth and --min-run are for bed/bedgraph output of a position-level head"),
+        (_, OutFormat::Bedgraph) if a.min_run != 1 => bail!("--min-run joins BED runs; bedgraph writes probabilities (use --smooth)"),
         _ => {}
+    }
+    if a.smooth == 0 || a.min_run == 0 {
+        bail!("--smooth and --min-run must be at least 1");
     }
     if let Some(h) = heads.iter().find(|h| h.meta.features != heads[0].meta.features) {
         bail!(
@@ -269,7 +283,7 @@ impl Plan<'_> {
         let mut writer = match self.format {
             OutFormat::Bed => {
                 let keep = (0..labels.len()).map(|i| chosen.is_none_or(|c| c == i)).collect();
-                Writer::Bed(Bed::new(out, labels, keep))
+                Writer::Bed(Bed::new(out, labels, keep).with_min_run(self.a.min_run))
             }
             _ => {
                 let label = match chosen {
@@ -281,7 +295,8 @@ impl Plan<'_> {
         };
         let mut scratch = Scratch::default();
         let mut probs = vec![0.0; labels.len()];
-        let w = writer.get_mut();
+        let mut smoothed = Smoothed::new(writer.get_mut(), self.a.smooth);
+        let w = &mut smoothed;
         for_each_record(&self.a.inputs, self.a.common.skip_bad, &vocab, totals, tokens, &mut |id, toks| {
             w.start(id)?;
             feats.positions(
@@ -296,6 +311,7 @@ impl Plan<'_> {
             progress.record_done(toks.len());
             Ok(())
         })?;
+        drop(smoothed);
         writer.into_output()
     }
 }
