@@ -144,7 +144,8 @@ pub struct Features {
     /// fwd | rc | both (backbone features only).
     pub strand: String,
     pub pooling: Pooling,
-    /// k-mer sizes (k-mer features only).
+    /// k-mer sizes: of k-mer features, or of the k-mer frequencies appended to backbone
+    /// features (`train --with-kmers`; empty: backbone features alone).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub k: Vec<usize>,
     /// Backbone layers the features are read from, side by side (`embed --layers`); empty

@@ -77,6 +77,73 @@ fn motif_reads(n: usize, seed: u64) -> (String, String, Vec<&'static str>) {
     (with, without, labels)
 }
 
+/// `x_train` and `x_test` of a `train --save-features` file, row-major.
+fn saved_features(path: &str) -> (Vec<f32>, Vec<f32>, usize) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let get = |n: &str| -> (Vec<f32>, usize) {
+        let t = st.tensor(n).unwrap();
+        (t.data().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(), t.shape()[1])
+    };
+    let ((tr, d), (te, _)) = (get("x_train"), get("x_test"));
+    (tr, te, d)
+}
+
+#[test]
+fn backbone_with_kmers_is_both_side_by_side() {
+    // --with-kmers: each row is the backbone's row followed by the k-mer baseline's, exactly,
+    // at read level (packed batches) and position level (same window for both); the head
+    // records the k-mer sizes and classify recomputes the same features
+    let dir = tempfile::tempdir().unwrap();
+    let (with, _, _) = motif_reads(120, 3);
+    let fa = write(dir.path(), "reads.fa", &with);
+    let f = |name: &str| s(&dir.path().join(name));
+    let head = f("h.safetensors");
+    ok(&["train", "--level", "read", &fa, "-m", &model("ph"), "--device", "cpu", "-o", &head, "-q", "--save-features", &f("b.st")]);
+    ok(&["train", "--level", "read", &fa, "--features", "kmer", "--k", "2,3", "-o", &head, "-q", "--save-features", &f("k.st")]);
+    let out = ok(&["train", "--level", "read", &fa, "-m", &model("ph"), "--device", "cpu", "--with-kmers", "--k", "2,3", "-o", &head, "--save-features", &f("bk.st")]);
+    let ((btr, bte, bd), (ktr, kte, kd), (tr, te, d)) = (saved_features(&f("b.st")), saved_features(&f("k.st")), saved_features(&f("bk.st")));
+    assert_eq!(d, bd + kd);
+    for (both, (b, k)) in [(&tr, (&btr, &ktr)), (&te, (&bte, &kte))] {
+        assert_eq!(both.len() / d, b.len() / bd);
+        for (i, row) in both.chunks(d).enumerate() {
+            assert_eq!(&row[..bd], &b[i * bd..(i + 1) * bd], "row {i}: backbone part");
+            assert_eq!(&row[bd..], &k[i * kd..(i + 1) * kd], "row {i}: k-mer part");
+        }
+    }
+    let h = Head::load(Path::new(&head)).unwrap();
+    assert_eq!((h.meta.features.k.clone(), h.meta.features.dim), (vec![2, 3], d));
+    assert!(out.contains("test"), "{out}");
+    let got = ok(&["classify", &fa, "--head", &head, "-m", &model("ph"), "--device", "cpu", "-q"]);
+    assert_eq!(got.lines().count(), 121);
+
+    // position level: window:31 for both
+    let (mut genome, mut bed) = (String::new(), String::new());
+    let seq = String::from_utf8(random_dna(6000, 77)).unwrap();
+    genome += &format!(">g\n{seq}\n>t\n{}\n", String::from_utf8(random_dna(3000, 78)).unwrap());
+    for (a, b) in [(500, 1500), (3000, 4200), (700, 1600)] {
+        bed += &format!("{}\t{a}\t{b}\tisland\n", if b == 1600 { "t" } else { "g" });
+    }
+    let (g, bedf) = (write(dir.path(), "g.fa", &genome), write(dir.path(), "g.bed", &bed));
+    let common = ["train", "--level", "position", &g, "--bed", &bedf, "--test-chroms", "t", "--stretch", "1000", "--pool", "window:31", "-q", "-o", &head];
+    let run = |extra: &[&str]| ok(&common.iter().copied().chain(extra.iter().copied()).collect::<Vec<_>>());
+    run(&["-m", &model("ph"), "--device", "cpu", "--save-features", &f("pb.st")]);
+    run(&["--features", "kmer", "--k", "2,3", "--save-features", &f("pk.st")]);
+    run(&["-m", &model("ph"), "--device", "cpu", "--with-kmers", "--k", "2,3", "--save-features", &f("pbk.st")]);
+    let ((btr, _, bd), (ktr, _, kd), (tr, _, d)) = (saved_features(&f("pb.st")), saved_features(&f("pk.st")), saved_features(&f("pbk.st")));
+    assert_eq!(d, bd + kd);
+    assert!(tr.len() / d > 100);
+    for (i, row) in tr.chunks(d).enumerate() {
+        assert_eq!(&row[..bd], &btr[i * bd..(i + 1) * bd], "position row {i}: backbone part");
+        assert_eq!(&row[bd..], &ktr[i * kd..(i + 1) * kd], "position row {i}: k-mer part");
+    }
+    let bedout = ok(&["classify", &g, "--head", &head, "-m", &model("ph"), "--device", "cpu", "-q", "--format", "bed"]);
+    assert!(bedout.lines().count() >= 2);
+    // a window too small for the k-mers, and bins, are refused
+    fails(&["train", "--level", "position", &g, "--bed", &bedf, "-m", &model("ph"), "--device", "cpu", "--with-kmers", "--pool", "none", "-o", &head], "must hold the longest k-mer");
+    fails(&["train", "--level", "read", &fa, "-m", &model("ph"), "--device", "cpu", "--with-kmers", "--pool", "bins:3", "-o", &head], "not bins");
+}
+
 #[test]
 fn planted_motif_is_learned_and_shuffled_labels_are_not() {
     let dir = tempfile::tempdir().unwrap();

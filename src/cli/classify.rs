@@ -13,7 +13,7 @@ use super::{for_each_record, load_model, select_backend, with_backend, Common, T
 use crate::backend::Backend;
 use crate::batch::{Batcher, Group, Policy};
 use crate::embed::{Embedder, Feature};
-use crate::heads::features::{BackboneFeatures, Featurizer, KmerFeatures};
+use crate::heads::features::{WithKmers, BackboneFeatures, Featurizer, KmerFeatures};
 use crate::heads::metrics::argmax;
 use crate::heads::{self, Head, Level, Scratch, Source};
 use crate::model::Model;
@@ -156,16 +156,18 @@ fn classify_backbone<B: Backend>(backend: B, plan: Plan<'_>, model: Arc<Model>) 
     let f = &plan.heads[0].meta.features;
     let mut emb = Embedder::new(backend, model.clone(), heads::parse_strand(&f.strand)?, Feature::Hidden, context, overlap)?;
     emb.set_layers(&f.layers)?;
-    let mut bf = BackboneFeatures::new(emb, f.pooling);
-    if bf.dim() != f.dim {
-        bail!("internal: the model gives {} features, the head reads {}", bf.dim(), f.dim);
+    let bf = BackboneFeatures::new(emb, f.pooling);
+    if f.k.is_empty() {
+        return plan.run_on(bf, f.dim);
     }
-    plan.classify(&mut bf)
+    // a head fitted with --with-kmers: the same k-mer frequencies after the states
+    plan.run_on(WithKmers::new(bf, &f.k, f.pooling)?, f.dim)
 }
 
 fn feature_text(h: &Head) -> String {
     let f = &h.meta.features;
     match f.source {
+        Source::Backbone if !f.k.is_empty() => format!("backbone with k-mers {:?}, strand {}, pool {}", f.k, f.strand, f.pooling),
         Source::Backbone => format!("backbone, strand {}, pool {}", f.strand, f.pooling),
         Source::Kmer => format!("k-mers {:?}, pool {}", f.k, f.pooling),
     }
@@ -178,6 +180,14 @@ struct Plan<'a> {
 }
 
 impl Plan<'_> {
+    /// `classify` with features of the width the head reads.
+    fn run_on(&self, mut feats: impl Featurizer, dim: usize) -> Result<()> {
+        if feats.dim() != dim {
+            bail!("internal: the model gives {} features, the head reads {dim}", feats.dim());
+        }
+        self.classify(&mut feats)
+    }
+
     fn classify(&self, feats: &mut dyn Featurizer) -> Result<()> {
         let a = self.a;
         let mut progress = Progress::new(a.common.quiet);

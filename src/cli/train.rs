@@ -21,7 +21,7 @@ use super::{for_each_record, load_model, select_backend, with_backend, Common, T
 use crate::backend::Backend;
 use crate::batch::{self, Policy};
 use crate::embed::{ascending_layers, Embedder, Feature, Strand};
-use crate::heads::features::{check_feature_size, describe_features, BackboneFeatures, Featurizer, KmerFeatures};
+use crate::heads::features::{check_feature_size, describe_features, BackboneFeatures, Featurizer, KmerFeatures, WithKmers};
 use crate::heads::fit::{self, FitOptions, MlpOptions, Rng};
 use crate::heads::labels::{self, header_label, Interval, LabelTable};
 use crate::heads::metrics::{self, argmax, Scores};
@@ -98,9 +98,13 @@ pub struct TrainArgs {
     /// baseline; needs no model).
     #[arg(long, value_enum, default_value = "backbone")]
     pub features: Source,
-    /// k-mer sizes for --features kmer (comma-separated).
+    /// k-mer sizes for --features kmer and --with-kmers (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "4,5,6")]
     pub k: Vec<usize>,
+    /// Backbone features followed by the canonical k-mer frequencies of --k, pooled alike
+    /// (position level: over the same window, which must hold the longest k-mer).
+    #[arg(long)]
+    pub with_kmers: bool,
     /// Backbone features from these layers instead of the final normalized output, side by
     /// side (see `embed --layers`; one pass, ascending order); recorded in the head, which
     /// `classify` then reads the same way.
@@ -111,7 +115,7 @@ pub struct TrainArgs {
     pub strand: Strand,
     /// Pooling: `mean` or `bins:N` (read level: means over N equal segments, concatenated);
     /// `none` or `window:W` (position level: mean over a centred window of odd W bases)
-    /// [default: mean / none; window:101 for k-mer features at position level].
+    /// [default: mean / none; window:101 for k-mer features and --with-kmers at position level].
     #[arg(long, value_name = "POOL")]
     pub pool: Option<String>,
 
@@ -212,9 +216,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let pooling = match (&a.pool, a.level, a.features) {
         (Some(p), _, _) => p.parse::<Pooling>()?,
         (None, Level::Read, _) => Pooling::Mean,
+        (None, Level::Position, Source::Backbone) if a.with_kmers => Pooling::Window(101),
         (None, Level::Position, Source::Backbone) => Pooling::Window(1),
         (None, Level::Position, Source::Kmer) => Pooling::Window(101),
     };
+    if a.with_kmers {
+        crate::heads::features::check_with_kmers(&a.k, pooling)?;
+    }
     if pooling.level() != a.level {
         bail!("--pool {pooling} is for {} level; at {} level use {}", level_name(pooling.level()), level_name(a.level), match a.level {
             Level::Read => "mean or bins:N",
@@ -354,6 +362,9 @@ fn compute(a: &TrainArgs, pooling: Pooling) -> Result<Prepared> {
             if !a.layers.is_empty() {
                 bail!("--layers selects backbone layers; k-mer features (--features kmer) have none");
             }
+            if a.with_kmers {
+                bail!("--with-kmers appends k-mer frequencies to backbone features; --features kmer has them already");
+            }
             let mut km = KmerFeatures::new(&a.k, pooling)?;
             check_feature_size(data.train.rows() + data.test.rows(), km.dim(), pooling)?;
             let (tr, te) = featurize(a, &data, &mut km)?;
@@ -371,7 +382,8 @@ fn compute(a: &TrainArgs, pooling: Pooling) -> Result<Prepared> {
                 rcps: model.config.rcps,
                 source: model.source.display().to_string(),
             };
-            let f = describe_features(Source::Backbone, heads::strand_name(a.strand), pooling, &a.k, &ascending_layers(&a.layers), dim);
+            let k: &[usize] = if a.with_kmers { &a.k } else { &[] };
+            let f = describe_features(Source::Backbone, heads::strand_name(a.strand), pooling, k, &ascending_layers(&a.layers), dim);
             (tr, te, f, Some(bb), Some(context), backend)
         }
     };
@@ -528,8 +540,16 @@ fn backbone_features<B: Backend>(backend: B, a: &TrainArgs, data: &Data, model: 
     }
     let mut emb = Embedder::new(backend, model.clone(), a.strand, Feature::Hidden, context, overlap)?;
     emb.set_layers(&ascending_layers(&a.layers))?;
-    check_feature_size(data.train.rows() + data.test.rows(), emb.width(), pooling)?;
+    let (rows, width) = (data.train.rows() + data.test.rows(), emb.width());
     let mut bf = BackboneFeatures::new(emb, pooling);
+    if a.with_kmers {
+        let mut f = WithKmers::new(bf, &a.k, pooling)?;
+        // one pooled row is f.dim() values (bins are refused with k-mers)
+        check_feature_size(rows, f.dim(), Pooling::Mean)?;
+        let (tr, te) = featurize(a, data, &mut f)?;
+        return Ok((tr, te, f.dim(), context, f.describe()));
+    }
+    check_feature_size(rows, width, pooling)?;
     let (tr, te) = featurize(a, data, &mut bf)?;
     Ok((tr, te, bf.dim(), context, bf.describe()))
 }

@@ -181,13 +181,122 @@ impl Featurizer for KmerFeatures {
     }
 }
 
-/// The `Features` document of a featurizer's output.
+/// Whether k-mer frequencies of sizes `ks` can be appended to backbone features pooled so.
+pub fn check_with_kmers(ks: &[usize], pooling: Pooling) -> Result<()> {
+    let most = ks.iter().copied().max().unwrap_or(1);
+    match pooling {
+        Pooling::Bins(_) => bail!("k-mer frequencies are appended to read means (--pool mean) or position windows (--pool window:W), not bins"),
+        Pooling::Window(w) if w < most => {
+            bail!("--with-kmers at position level: the window (--pool window:{w}) must hold the longest k-mer ({most} bases); e.g. --pool window:101")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Backbone features with canonical k-mer frequencies appended (`train --with-kmers`), pooled
+/// alike: read level over the record, position level over the same centred window (the
+/// states averaged over it, the k-mers lying wholly inside it counted), so a per-base head
+/// sees its neighbourhood. The k-mers read the model's tokens as bases.
+pub struct WithKmers<F: Featurizer> {
+    pub inner: F,
+    kmers: Kmers,
+    pooling: Pooling,
+    /// Model token id -> Caduceus id (what `Kmers` reads).
+    to_caduceus: [u8; 256],
+}
+
+impl<F: Featurizer> WithKmers<F> {
+    pub fn new(inner: F, ks: &[usize], pooling: Pooling) -> Result<Self> {
+        let kmers = Kmers::new(ks)?;
+        check_with_kmers(ks, pooling)?;
+        let cad = crate::model::vocab::caduceus();
+        let mut to_caduceus = [cad.unk; 256];
+        for (id, slot) in to_caduceus.iter_mut().enumerate() {
+            if let Some(n) = inner.vocab().nucleotide(id as u8) {
+                *slot = cad.acgt[n];
+            }
+        }
+        Ok(WithKmers { inner, kmers, pooling, to_caduceus })
+    }
+
+    fn bases(&self, tokens: &[u8]) -> Vec<u8> {
+        tokens.iter().map(|&t| self.to_caduceus[t as usize]).collect()
+    }
+}
+
+impl<F: Featurizer> Featurizer for WithKmers<F> {
+    fn vocab(&self) -> &Vocab {
+        self.inner.vocab()
+    }
+    fn dim(&self) -> usize {
+        self.inner.dim() + self.kmers.dim()
+    }
+    fn describe(&self) -> String {
+        format!("{}, with k-mer frequencies (k = {:?})", self.inner.describe(), self.kmers.ks)
+    }
+    fn read(&mut self, tokens: &[u8], out: &mut Vec<f32>, progress: &mut dyn FnMut(usize)) -> Result<()> {
+        self.inner.read(tokens, out, progress)?;
+        let d = out.len();
+        out.resize(d + self.kmers.dim(), 0.0);
+        self.kmers.record(&self.bases(tokens), &mut out[d..]);
+        Ok(())
+    }
+    fn batch_limit(&self) -> Option<usize> {
+        self.inner.batch_limit()
+    }
+    fn batch_bases(&self) -> usize {
+        self.inner.batch_bases()
+    }
+    fn read_batch(&mut self, records: &[&[u8]], out: &mut Vec<f32>) -> Result<()> {
+        let mut rows = Vec::new();
+        self.inner.read_batch(records, &mut rows)?;
+        let d = self.inner.dim();
+        let mut km = vec![0.0; self.kmers.dim()];
+        for (r, row) in records.iter().zip(rows.chunks(d.max(1))) {
+            out.extend_from_slice(row);
+            self.kmers.record(&self.bases(r), &mut km);
+            out.extend_from_slice(&km);
+        }
+        Ok(())
+    }
+    fn positions(&mut self, tokens: &[u8], emit: &mut dyn FnMut(usize, &[f32]) -> Result<()>, progress: &mut dyn FnMut(usize)) -> Result<()> {
+        let Pooling::Window(w) = self.pooling else { bail!("internal: pooling {} is not per position", self.pooling) };
+        let bases = self.bases(tokens);
+        let (kmers, d) = (&self.kmers, self.inner.dim());
+        let mut row = vec![0.0; d + kmers.dim()];
+        self.inner.positions(
+            tokens,
+            &mut |p, x| {
+                row[..d].copy_from_slice(x);
+                kmers.window(&bases, p, w, &mut row[d..]);
+                emit(p, &row)
+            },
+            progress,
+        )
+    }
+    fn positions_at(&mut self, tokens: &[u8], at: &[usize], out: &mut Vec<f32>, progress: &mut dyn FnMut(usize)) -> Result<()> {
+        let Pooling::Window(w) = self.pooling else { bail!("internal: pooling {} is not per position", self.pooling) };
+        let mut rows = Vec::new();
+        self.inner.positions_at(tokens, at, &mut rows, progress)?;
+        let (bases, d) = (self.bases(tokens), self.inner.dim());
+        let mut km = vec![0.0; self.kmers.dim()];
+        for (&p, row) in at.iter().zip(rows.chunks(d.max(1))) {
+            out.extend_from_slice(row);
+            self.kmers.window(&bases, p, w, &mut km);
+            out.extend_from_slice(&km);
+        }
+        Ok(())
+    }
+}
+
+/// The `Features` document of a featurizer's output. `k`: the k-mer sizes of k-mer features,
+/// or of the frequencies appended to backbone features (empty: none appended).
 pub fn describe_features(source: Source, strand: &str, pooling: Pooling, k: &[usize], layers: &[usize], dim: usize) -> Features {
     Features {
         source,
         strand: if source == Source::Backbone { strand.to_string() } else { "both".to_string() },
         pooling,
-        k: if source == Source::Kmer { k.to_vec() } else { Vec::new() },
+        k: k.to_vec(),
         layers: if source == Source::Backbone { layers.to_vec() } else { Vec::new() },
         dim,
     }
