@@ -199,6 +199,10 @@ pub struct Meta {
     /// Bases per model context used for the features (informational).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<usize>,
+    /// Read level: below this top probability `classify` calls a record `unassigned`; chosen
+    /// on the held-out split so that the calls above it reach `train --call-precision`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_threshold: Option<f32>,
     /// Held-out metrics and how the head was trained (informational).
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub training: serde_json::Value,
@@ -596,6 +600,7 @@ mod tests {
             features: Features { source: Source::Kmer, strand: "both".into(), pooling: Pooling::Mean, k: vec![1], layers: Vec::new(), dim: 2 },
             backbone: None,
             context: None,
+            call_threshold: None,
             training: serde_json::Value::Null,
         }
     }

@@ -179,19 +179,29 @@ fn planted_motif_is_learned_and_shuffled_labels_are_not() {
     let fresh = write(dir.path(), "fresh.fa", &fresh);
     let head = s(&dir.path().join("motif.safetensors"));
     ok(&["train", "--level", "read", &fa, "-m", &model("ph"), "--device", "cpu", "-o", &head, "-q"]);
+    let threshold = Head::load(Path::new(&head)).unwrap().meta.call_threshold.expect("a read-level head gets a call threshold");
+    assert!((0.5..=1.0).contains(&threshold), "{threshold}");
     let out = ok(&["classify", &fresh, "--head", &head, "-m", &model("ph"), "--device", "cpu", "-q"]);
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("id,length,label,p_motif,p_plain"));
-    let mut right = 0;
+    let (mut right, mut unassigned) = (0, 0);
     for (i, l) in lines.enumerate() {
         let f: Vec<&str> = l.split(',').collect();
         assert_eq!(f[0], format!("r{i}"));
         assert_eq!(f[1], "250");
         let (p0, p1): (f32, f32) = (f[3].parse().unwrap(), f[4].parse().unwrap());
         assert!((p0 + p1 - 1.0).abs() < 1e-5);
-        assert_eq!(f[2], if p0 >= p1 { "motif" } else { "plain" });
+        // below the head's call threshold (chosen on the held-out split) a read is unassigned
+        let call = if p0.max(p1) < threshold { "unassigned" } else if p0 >= p1 { "motif" } else { "plain" };
+        assert_eq!(f[2], call, "{l}");
         right += (f[2] == truth[i]) as usize;
+        unassigned += (f[2] == "unassigned") as usize;
     }
+    // the calls made are at least as precise as the held-out target, and most reads are called
+    assert!(right as f64 >= 0.9 * (60 - unassigned) as f64 && unassigned <= 15, "{right} right, {unassigned} unassigned of 60 fresh reads");
+    // --min-p 0: every read gets its most probable label
+    let out = ok(&["classify", &fresh, "--head", &head, "-m", &model("ph"), "--device", "cpu", "-q", "--min-p", "0"]);
+    let right = out.lines().skip(1).enumerate().filter(|(i, l)| l.split(',').nth(2) == Some(truth[*i])).count();
     assert!(right >= 57, "{right}/60 fresh reads right");
 }
 
@@ -298,6 +308,7 @@ fn k1_head(level: Level, pooling: Pooling, a: f32) -> Head {
             features: Features { source: Source::Kmer, strand: "both".into(), pooling, k: vec![1], layers: Vec::new(), dim: 2 },
             backbone: None,
             context: None,
+            call_threshold: None,
             training: serde_json::Value::Null,
         },
         mu: vec![0.5, 0.5],

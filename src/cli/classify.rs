@@ -60,6 +60,11 @@ pub struct ClassifyArgs {
     /// the head's background]. bed: write only the runs of this label.
     #[arg(long, value_name = "LABEL")]
     pub label: Option<String>,
+    /// CSV: call a record `unassigned` when no label reaches this probability [default: the
+    /// head's threshold, chosen on held-out data by `train --call-precision`; 0: always the
+    /// most probable label].
+    #[arg(long = "min-p", value_name = "P")]
+    pub min_p: Option<f32>,
     /// bed/bedgraph: each base's probabilities averaged over the W bases centered on it
     /// (clipped at the record's ends) before the call [default: 1, as computed].
     #[arg(long, value_name = "W", default_value_t = 1)]
@@ -71,6 +76,9 @@ pub struct ClassifyArgs {
     #[command(flatten)]
     pub tiles: Tiles,
 }
+
+/// The label of a record whose top probability is under the head's call threshold.
+const UNASSIGNED: &str = "unassigned";
 
 pub fn run(a: ClassifyArgs) -> Result<()> {
     let names: Vec<String> = if a.heads.is_empty() {
@@ -102,6 +110,7 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
         (Level::Position, OutFormat::Csv) => bail!("head '{}' gives a label per base: use --format bed or bedgraph", heads[0].meta.task),
         (Level::Position, _) if heads.len() > 1 => bail!("one position-level head per run (got {})", heads.len()),
         (Level::Read, _) if a.label.is_some() => bail!("--label is for bed/bedgraph output"),
+        (Level::Position, _) if a.min_p.is_some() => bail!("--min-p is for read-level heads (CSV output)"),
         (Level::Read, _) if a.smooth != 1 || a.min_run != 1 => bail!("--smooth and --min-run are for bed/bedgraph output of a position-level head"),
         (_, OutFormat::Bedgraph) if a.min_run != 1 => bail!("--min-run joins BED runs; bedgraph writes probabilities (use --smooth)"),
         _ => {}
@@ -234,7 +243,10 @@ impl Plan<'_> {
             for h in heads {
                 probs.resize(h.n_labels(), 0.0);
                 h.predict(x, &mut scratch, &mut probs);
-                row.text(&h.meta.labels[argmax(&probs)])?.floats(probs.iter().copied())?;
+                let k = argmax(&probs);
+                let floor = self.a.min_p.or(h.meta.call_threshold).unwrap_or(0.0);
+                let label = if probs[k] >= floor { h.meta.labels[k].as_str() } else { UNASSIGNED };
+                row.text(label)?.floats(probs.iter().copied())?;
             }
             row.end().with_context(|| format!("record '{id}'"))
         };

@@ -119,6 +119,12 @@ pub struct TrainArgs {
     #[arg(long, value_name = "POOL")]
     pub pool: Option<String>,
 
+    /// Read level: the precision the calls must reach on the held-out split; the lowest top
+    /// probability that gets there is stored in the head, and `classify` calls records below
+    /// it `unassigned` (0: no threshold, every record gets its most probable label).
+    #[arg(long, value_name = "P", default_value_t = 0.9)]
+    pub call_precision: f64,
+
     /// Head: linear softmax, or one ReLU hidden layer.
     #[arg(long, value_enum, default_value = "linear")]
     pub kind: Kind,
@@ -223,6 +229,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if a.with_kmers {
         crate::heads::features::check_with_kmers(&a.k, pooling)?;
     }
+    if !(0.0..=1.0).contains(&a.call_precision) {
+        bail!("--call-precision {}: expected a share from 0 to 1", a.call_precision);
+    }
     if pooling.level() != a.level {
         bail!("--pool {pooling} is for {} level; at {} level use {}", level_name(pooling.level()), level_name(a.level), match a.level {
             Level::Read => "mean or bins:N",
@@ -256,6 +265,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let Prepared { label_names, about, train, test, features, backbone, context, backend } = prep;
     let feat_secs = started.elapsed().as_secs_f64();
 
+    if a.level == Level::Read && a.call_precision > 0.0 && label_names.iter().any(|l| l == "unassigned") {
+        bail!("a label is named `unassigned`, which classify writes below the call threshold: rename it, or train with --call-precision 0");
+    }
     // fit
     let c = label_names.len();
     let d = features.dim;
@@ -279,6 +291,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         features,
         backbone,
         context,
+        call_threshold: None,
         training: serde_json::Value::Null,
     };
     let mut head = Head { meta, mu: fitted.mu, sd: fitted.sd, net: fitted.net };
@@ -286,6 +299,15 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let test_probs = predict_all(&head, &test.x);
     let s_train = metrics::score(&train_probs, &train.y, c);
     let s_test = metrics::score(&test_probs, &test.y, c);
+    // read level: the threshold under which classify says `unassigned`, on the held-out split
+    let call = (a.level == Level::Read && a.call_precision > 0.0).then(|| metrics::call_threshold(&test_probs, &test.y, c, a.call_precision));
+    if let Some(t) = call {
+        // above every probability when no threshold gets there
+        head.meta.call_threshold = Some(t.map_or(2.0, |(t, _, _)| t));
+        if t.is_none() && !a.common.quiet {
+            eprintln!("warning: no threshold gives held-out calls {:.0}% precise: classify will call every record unassigned (train with --call-precision 0 for plain argmax calls)", a.call_precision * 100.0);
+        }
+    }
     let fit_secs = started.elapsed().as_secs_f64() - feat_secs;
     head.meta.training = json!({
         "data": about,
@@ -293,6 +315,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
         "fit": fitted.info,
         "seed": a.seed,
         "metrics": {"train": s_train, "test": s_test},
+        "calls": call.map(|t| json!({
+            "target_precision": a.call_precision,
+            "threshold": t.map(|t| t.0),
+            "held_out_precision": t.map(|t| t.1),
+            "held_out_called": t.map(|t| t.2),
+        })),
         "producer": format!("dna-mamba {}", env!("CARGO_PKG_VERSION")),
     });
     if let Some(p) = &a.predictions {
@@ -308,6 +336,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
     }
     out.flush()?;
     if !a.common.quiet {
+        if let Some(Some((t, p, called))) = call {
+            eprintln!("calls: below a top probability of {t:.4} classify says `unassigned`; above it {:.1}% of held-out records are called, {:.1}% of them right", called * 100.0, p * 100.0);
+        }
         eprintln!("held-out confusion (rows: true label, columns: predicted):");
         eprintln!("{}", confusion_text(&label_names, &s_test));
         eprintln!(

@@ -27,6 +27,38 @@ pub fn argmax(p: &[f32]) -> usize {
     best
 }
 
+/// The lowest probability threshold at which the calls whose top probability reaches it are
+/// at least `precision` correct (the most calls at that precision), with the share of rows
+/// called there: `(threshold, precision reached, coverage)`. None when no threshold gets there.
+pub fn call_threshold(probs: &[f32], y: &[u32], c: usize, precision: f64) -> Option<(f32, f64, f64)> {
+    let n = y.len();
+    assert_eq!(probs.len(), n * c);
+    let mut top: Vec<(f32, bool)> = (0..n)
+        .map(|i| {
+            let p = &probs[i * c..(i + 1) * c];
+            let k = argmax(p);
+            (p[k], k == y[i] as usize)
+        })
+        .collect();
+    top.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let (mut right, mut best) = (0usize, None);
+    let mut i = 0;
+    while i < n {
+        // rows with equal top probability are called together
+        let mut j = i;
+        while j < n && top[j].0 == top[i].0 {
+            right += top[j].1 as usize;
+            j += 1;
+        }
+        let reached = right as f64 / j as f64;
+        if reached >= precision {
+            best = Some((top[i].0, reached, j as f64 / n as f64));
+        }
+        i = j;
+    }
+    best
+}
+
 /// Scores of probabilities `probs` (N×C, row-major) against labels `y`.
 pub fn score(probs: &[f32], y: &[u32], c: usize) -> Scores {
     let n = y.len();
@@ -137,5 +169,17 @@ mod tests {
         let s = score(&probs, &y, 3);
         // c=4, s=6, p=(2,2,2), t=(3,2,1): (4·6 − (6+4+2)) / sqrt((36−12)(36−14)) = 12/sqrt(528)
         assert!((s.mcc - 12.0 / 528f64.sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn call_threshold_by_hand() {
+        // top probabilities .9 (right) .8 (right) .7 (wrong) .6 (right) .55 (wrong)
+        let probs = [0.9, 0.1, 0.2, 0.8, 0.7, 0.3, 0.4, 0.6, 0.55, 0.45];
+        let y = [0, 1, 1, 1, 1];
+        // at >= .6: 3 of 4 right (.75); at >= .8: 2 of 2; at >= .55: 3 of 5
+        assert_eq!(call_threshold(&probs, &y, 2, 0.75), Some((0.6, 0.75, 0.8)));
+        assert_eq!(call_threshold(&probs, &y, 2, 0.9), Some((0.8, 1.0, 0.4)));
+        assert_eq!(call_threshold(&probs, &y, 2, 0.5), Some((0.55, 0.6, 1.0)));
+        assert_eq!(call_threshold(&[0.9, 0.1], &[1], 2, 0.9), None);
     }
 }
