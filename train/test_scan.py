@@ -15,7 +15,7 @@ def rel(a, b):
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
-def check(Bt=3, L=37, DI=40, N=16, dev="cpu", seed=0, tol=1e-5):
+def check(Bt=3, L=37, DI=40, N=16, dev="cpu", seed=0, tol=1e-5, impl="triton"):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s, sc=1.0: (torch.randn(*s, generator=g, dtype=torch.float64) * sc)
     x, dt, z = r(Bt, L, DI), r(Bt, L, DI) - 2.0, r(Bt, L, DI)
@@ -29,13 +29,13 @@ def check(Bt=3, L=37, DI=40, N=16, dev="cpu", seed=0, tol=1e-5):
     y_ref = scan.scan_ref(*ref_in)
     g_ref = torch.autograd.grad(y_ref, ref_in, go)
     tr_in = [t.float().clone().requires_grad_(True) for t in ins]
-    y = scan.selective_scan(*tr_in, impl="triton")
+    y = scan.selective_scan(*tr_in, impl=impl)
     g_tr = torch.autograd.grad(y, tr_in, go.float())
     errs = {"y": rel(y, y_ref)}
     for name, a, b in zip(["x", "dt", "z", "B", "C", "A", "D", "bias"], g_tr, g_ref):
         errs["g" + name] = rel(a, b)
     worst = max(errs.values())
-    print(f"Bt={Bt} L={L} DI={DI}: " + " ".join(f"{k}={v:.1e}" for k, v in errs.items()))
+    print(f"{impl} Bt={Bt} L={L} DI={DI}: " + " ".join(f"{k}={v:.1e}" for k, v in errs.items()))
     assert worst < tol, errs
     return errs
 
@@ -44,6 +44,10 @@ if __name__ == "__main__":
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     check(dev=dev)
     check(Bt=2, L=5, DI=32, dev=dev, seed=1)
+    # chunked path (long sequences): chunks run as independent sequences, linked over chunk boundaries
+    check(Bt=2, L=48, DI=40, dev=dev, seed=4, impl="triton-chunk16")
+    check(Bt=1, L=64, DI=32, dev=dev, seed=5, impl="triton-chunk8")
+    assert scan.pick_chunk(2, 32768, 512) == 2048 and scan.pick_chunk(64, 1024, 512) == 1024
     if dev == "cuda":
         check(Bt=4, L=1000, DI=200, dev=dev, seed=2)
     print("scan OK")
