@@ -365,11 +365,9 @@ def source_files(s):
 # ------------------------------------------------------------------------------------------------
 # k-mers (canonical 32-mers as uint64) for the contamination filter and the tests
 # ------------------------------------------------------------------------------------------------
-def kmers(codes, k=KMER, stride=1):
-    n = len(codes)
-    m = n - k + 1
-    if m <= 0:
-        return np.zeros(0, np.uint64)
+def canonical_kmers(codes, k=KMER):
+    """(canonical k-mer codes at every start, whether that k-mer is free of N); len(codes) >= k."""
+    m = len(codes) - k + 1
     c = np.where(codes == 255, 0, codes).astype(np.uint64)
     f = np.zeros(m, np.uint64)
     r = np.zeros(m, np.uint64)
@@ -378,8 +376,14 @@ def kmers(codes, k=KMER, stride=1):
         f = (f << two) | c[j:j + m]
         r = (r << two) | (np.uint64(3) - c[k - 1 - j:k - 1 - j + m])
     cs = np.concatenate([[0], np.cumsum(codes == 255)])
-    ok = (cs[k:] - cs[:m]) == 0
-    v = np.minimum(f, r)[ok]
+    return np.minimum(f, r), (cs[k:] - cs[:m]) == 0
+
+
+def kmers(codes, k=KMER, stride=1):
+    if len(codes) < k:
+        return np.zeros(0, np.uint64)
+    v, ok = canonical_kmers(codes, k)
+    v = v[ok]
     return v[::stride] if stride > 1 else v
 
 
@@ -390,21 +394,13 @@ def shared_mask(codes, ref, k=KMER):
     m = n - k + 1
     if m <= 0 or len(ref) == 0:
         return out
-    c = np.where(codes == 255, 0, codes).astype(np.uint64)
-    f = np.zeros(m, np.uint64)
-    r = np.zeros(m, np.uint64)
-    two = np.uint64(2)
-    for j in range(k):
-        f = (f << two) | c[j:j + m]
-        r = (r << two) | (np.uint64(3) - c[k - 1 - j:k - 1 - j + m])
-    cs = np.concatenate([[0], np.cumsum(codes == 255)])
-    v = np.minimum(f, r)
+    v, ok = canonical_kmers(codes, k)
     o = np.argsort(v, kind="stable")
     i = np.searchsorted(ref, v[o])
     i[i == len(ref)] = 0
     hit = np.zeros(m, bool)
     hit[o] = ref[i] == v[o]
-    hit &= (cs[k:] - cs[:m]) == 0
+    hit &= ok
     if hit.any():  # dilate hit starts over their k positions
         d = np.zeros(n + 1, np.int32)
         st = np.flatnonzero(hit)

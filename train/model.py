@@ -25,6 +25,13 @@ from scan import selective_scan
 VOCAB = 16
 PAD, MASK = 4, 3
 A_ID, C_ID, G_ID, T_ID, N_ID = 7, 8, 9, 10, 11
+
+
+def tokens_from_codes(codes, n_id):
+    """2-bit codes (255 = N) -> token ids (A7 C8 G9 T10, N -> n_id)."""
+    t = codes.astype(np.int16) + A_ID
+    t[codes == 255] = n_id
+    return t.astype(np.uint8)
 # token id -> complement id (spec 1.3)
 COMP = [0, 1, 2, 3, 4, 5, 6, 10, 9, 8, 7, 11, 12, 13, 14, 15]
 D_STATE, D_CONV, EXPAND = 16, 4, 2

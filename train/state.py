@@ -100,19 +100,13 @@ def shard_list(spec):
     return out
 
 
-def tokens_from_codes(codes, n_id):
-    t = codes.astype(np.int16) + M.A_ID
-    t[codes == 255] = n_id
-    return t.astype(np.uint8)
-
-
 class CorpusSampler:
     def __init__(self, shards, dev, seed=0, max_n_frac=0.5):
         toks, segs, self.shard_of_piece, self.names = [], [], [], [os.path.basename(s) for s in shards]
         off = 0
         for k, path in enumerate(shards):
             codes, sg, _ = C.load_shard(path)
-            toks.append(tokens_from_codes(codes, M.PAD))  # N -> [PAD] as in Caduceus pretraining
+            toks.append(M.tokens_from_codes(codes, M.PAD))  # N -> [PAD] as in Caduceus pretraining
             segs.append(sg + off)
             self.shard_of_piece += [k] * len(sg)
             off += len(codes)

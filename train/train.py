@@ -57,17 +57,10 @@ def log(*a):
 # data on the GPU
 # ------------------------------------------------------------------------------------------------
 
-def tokens_from_codes(codes, n_id):
-    """2-bit codes (255 = N) -> token ids (A7 C8 G9 T10, N -> n_id)."""
-    t = codes.astype(np.int16) + M.A_ID
-    t[codes == 255] = n_id
-    return t.astype(np.uint8)
-
-
 class Sampler:
     def __init__(self, dev, seq_len, max_n_frac=0.1, seed=0):
         codes, segs = data.load_train()
-        self.tokens = torch.from_numpy(tokens_from_codes(codes, M.PAD)).to(dev)  # N -> [PAD] as in Caduceus
+        self.tokens = torch.from_numpy(M.tokens_from_codes(codes, M.PAD)).to(dev)  # N -> [PAD] as in Caduceus
         isn = (self.tokens == M.PAD).to(torch.int32)
         cs = torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), isn.cumsum(0)])
         starts = []
@@ -101,7 +94,7 @@ class Sampler:
 def load_eval_windows(n_id=M.N_ID):
     out = {}
     for name, (codes, mask) in data.load_eval().items():
-        tok = tokens_from_codes(codes, n_id).reshape(-1, data.EVAL_WIN)
+        tok = M.tokens_from_codes(codes, n_id).reshape(-1, data.EVAL_WIN)
         out[name] = (tok, mask.reshape(-1, data.EVAL_WIN))
     return out
 
@@ -204,7 +197,8 @@ def export_checkpoint(model, out):
         f.write("\n")
 
 
-def train(args):
+def start_run(args):
+    """The output folder and its log, the device, the seed; returns (device, on CUDA, the device name)."""
     global LOG
     os.makedirs(args.out, exist_ok=True)
     LOG = open(os.path.join(args.out, "log.txt"), "a")
@@ -214,6 +208,11 @@ def train(args):
     torch.manual_seed(args.seed)
     gpu = torch.cuda.get_device_name(0) if cuda else "cpu"
     log(f"torch {torch.__version__} on {gpu}; args {vars(args)}")
+    return dev, cuda, gpu
+
+
+def train(args):
+    dev, cuda, gpu = start_run(args)
     if args.resume:
         model = M.load_released(args.resume).to(dev)
         log(f"resumed weights from {args.resume} (optimizer state fresh)")
@@ -409,12 +408,11 @@ def eval_sets(eval_dir, lens):
 def evaluate_lengths(model, sets, dev, eval_tokens=131072, limit=None, fp32=True):
     """Masked-base accuracy (4-way over A/C/G/T) at the fixed eval masks, per context length and source.
     Masked positions are fed as [MASK]; N is fed as [PAD] (the training convention)."""
-    import state as ST
     model.eval()
     res = {}
     for L, (codes, mask, meta) in sorted(sets.items()):
         S = len(codes) if limit is None else min(limit, len(codes))
-        tok = ST.tokens_from_codes(codes[:S], M.PAD)
+        tok = M.tokens_from_codes(codes[:S], M.PAD)
         mask = mask[:S]
         per = {}
         bs = max(1, eval_tokens // L)
@@ -447,16 +445,8 @@ def evaluate_lengths(model, sets, dev, eval_tokens=131072, limit=None, fp32=True
 
 
 def train_v2(args):
-    global LOG
     import state as ST
-    os.makedirs(args.out, exist_ok=True)
-    LOG = open(os.path.join(args.out, "log.txt"), "a")
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cuda = dev.type == "cuda"
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.manual_seed(args.seed)
-    gpu = torch.cuda.get_device_name(0) if cuda else "cpu"
-    log(f"torch {torch.__version__} on {gpu}; args {vars(args)}")
+    dev, cuda, gpu = start_run(args)
     st, prev_runs = None, []
     if args.resume_state:
         st, W, m_, v_ = ST.load_state(args.resume_state)
