@@ -200,6 +200,7 @@ fn planted_motif_is_learned_and_shuffled_labels_are_not() {
     // the calls made are at least as precise as the held-out target, and most reads are called
     assert!(right as f64 >= 0.9 * (60 - unassigned) as f64 && unassigned <= 15, "{right} right, {unassigned} unassigned of 60 fresh reads");
     // --min-p 0: every read gets its most probable label
+    fails(&["classify", &fresh, "--head", &head, "-m", &model("ph"), "--device", "cpu", "--min-p", "1.5"], "expected a probability");
     let out = ok(&["classify", &fresh, "--head", &head, "-m", &model("ph"), "--device", "cpu", "-q", "--min-p", "0"]);
     let right = out.lines().skip(1).enumerate().filter(|(i, l)| l.split(',').nth(2) == Some(truth[*i])).count();
     assert!(right >= 57, "{right}/60 fresh reads right");
@@ -280,6 +281,8 @@ fn position_head_finds_planted_islands() {
     assert_eq!((next["c1"], next["c2"]), (30_000, 30_000));
     assert!(smooth.lines().count() <= out.lines().count(), "{} vs {} runs", smooth.lines().count(), out.lines().count());
     fails(&["classify", &fa, "--head", &head, "-m", &model("ph"), "--format", "bedgraph", "--min-run", "5"], "--min-run joins BED runs");
+    fails(&["classify", &fa, "--head", &head, "-m", &model("ph"), "--format", "bed", "--min-p", "0.5"], "--min-p is for read-level heads");
+    fails(&["classify", &fa, "--head", &head, "-m", &model("ph"), "--format", "bed", "--smooth", "0"], "at least 1");
     let graph = ok(&["classify", &fa, "--head", &head, "-m", &model("ph"), "--device", "cpu", "-q", "--format", "bedgraph"]);
     let mut lines = graph.lines();
     assert_eq!(lines.next(), Some("track type=bedGraph name=\"isl p(island)\""));

@@ -118,6 +118,9 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
     if a.smooth == 0 || a.min_run == 0 {
         bail!("--smooth and --min-run must be at least 1");
     }
+    if let Some(p) = a.min_p.filter(|p| !(0.0..=1.0).contains(p)) {
+        bail!("--min-p {p}: expected a probability from 0 to 1");
+    }
     if let Some(h) = heads.iter().find(|h| h.meta.features != heads[0].meta.features) {
         bail!(
             "heads '{}' and '{}' read different features ({} vs {}): run them separately",
