@@ -17,12 +17,15 @@ pub struct Smoothed<'a> {
     /// The next position to hand on.
     next: Option<usize>,
     mean: Vec<f32>,
+    sums: Vec<f64>,
+    /// Rows that left the window, reused for new ones.
+    spare: Vec<Vec<f32>>,
 }
 
 impl<'a> Smoothed<'a> {
     /// `width` bases (1: the probabilities as they are; an even width acts as width + 1).
     pub fn new(inner: &'a mut dyn PositionWriter, width: usize) -> Self {
-        Smoothed { inner, half: width / 2, window: VecDeque::new(), next: None, mean: Vec::new() }
+        Smoothed { inner, half: width / 2, window: VecDeque::new(), next: None, mean: Vec::new(), sums: Vec::new(), spare: Vec::new() }
     }
 
     /// Hand on position `p`: the mean over the held positions within h of it.
@@ -30,20 +33,22 @@ impl<'a> Smoothed<'a> {
         let lo = p.saturating_sub(self.half);
         let hi = p + self.half;
         let width = self.window.front().map_or(0, |(_, v)| v.len());
-        let mut sums = vec![0.0f64; width];
+        self.sums.clear();
+        self.sums.resize(width, 0.0);
         let mut n = 0usize;
-        for (q, v) in self.window.iter().filter(|(q, _)| (lo..=hi).contains(q)) {
-            debug_assert!(*q >= lo);
-            sums.iter_mut().zip(v).for_each(|(s, x)| *s += *x as f64);
+        for (_, v) in self.window.iter().filter(|(q, _)| (lo..=hi).contains(q)) {
+            self.sums.iter_mut().zip(v).for_each(|(s, x)| *s += *x as f64);
             n += 1;
         }
         self.mean.clear();
-        self.mean.extend(sums.iter().map(|s| (s / n as f64) as f32));
+        self.mean.extend(self.sums.iter().map(|s| (s / n as f64) as f32));
         self.inner.push(p, &self.mean)?;
         self.next = Some(p + 1);
         // the oldest position is no longer in any later window
         while self.window.front().is_some_and(|(q, _)| q + self.half < p + 1) {
-            self.window.pop_front();
+            if let Some((_, v)) = self.window.pop_front() {
+                self.spare.push(v);
+            }
         }
         Ok(())
     }
@@ -56,7 +61,7 @@ impl<'a> Smoothed<'a> {
             }
             self.emit(p)?;
         }
-        self.window.clear();
+        self.spare.extend(self.window.drain(..).map(|(_, v)| v));
         self.next = None;
         Ok(())
     }
@@ -68,6 +73,9 @@ impl PositionWriter for Smoothed<'_> {
     }
 
     fn push(&mut self, pos: usize, probs: &[f32]) -> Result<()> {
+        if self.half == 0 {
+            return self.inner.push(pos, probs);
+        }
         if self.window.back().is_some_and(|&(last, _)| pos != last + 1) {
             // not the next base: the stretch before ends here
             self.drain()?;
@@ -75,7 +83,10 @@ impl PositionWriter for Smoothed<'_> {
         if self.next.is_none() {
             self.next = Some(pos);
         }
-        self.window.push_back((pos, probs.to_vec()));
+        let mut row = self.spare.pop().unwrap_or_default();
+        row.clear();
+        row.extend_from_slice(probs);
+        self.window.push_back((pos, row));
         // position pos - h has its whole window now
         if let Some(p) = self.next.filter(|&p| p + self.half <= pos) {
             self.emit(p)?;
