@@ -93,7 +93,7 @@ overlap)
         DNA_MAMBA_OVERLAP=$ov DNA_MAMBA=$G/dna-mamba scripts/bench-gpu.sh "reads$reads-overlap$ov" /tmp/d/reads150_$reads.fa \
             -m /tmp/m/ph --strand fwd --precision bf16 -v -o /tmp/reads$reads-$ov.csv
         grep "time in" "/tmp/err.reads$reads-overlap$ov"
-    done; cmp /tmp/reads$reads-0.csv /tmp/reads$reads-1.csv && echo "reads$reads: identical CSVs"; done 2>&1 | tee "$OUT/overlap.log" ;;
+    done; cmp /tmp/reads$reads-0.csv /tmp/reads$reads-1.csv && echo "reads$reads: identical CSVs" || python3 scripts/csv-diff.py /tmp/reads$reads-0.csv /tmp/reads$reads-1.csv; done 2>&1 | tee "$OUT/overlap.log" ;;
 ncu)
     for prec in bf16 f32; do
         DNA_MAMBA_PROFILE_PRECISION=$prec ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \

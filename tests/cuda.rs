@@ -617,34 +617,46 @@ fn queued_sums_survive_later_runs() {
     if !gpu("queued_sums_survive_later_runs") {
         return;
     }
-    // What `embed`'s packed pipeline relies on: three batches queued one after the other
-    // (each run overwrites the output the one before summed) and only then waited for, in
-    // bf16 and f32, against each batch run and summed alone on the CPU.
+    // What `embed`'s packed pipeline relies on: batches queued while earlier ones are still
+    // in flight (each run overwrites the output the one before summed), waited for in the
+    // CLI's order so that page-locked buffers are reused, and one waited for straight after
+    // it was queued (the wait must block until the copy has landed), in bf16 and f32, against
+    // each batch run and summed alone on the CPU. Batches differ in their records' lengths
+    // and counts, and the first one is long enough to still be running when it is waited for.
     let model = random_model(Kind::Ph, 24, 2, true, 64);
-    let batches: Vec<Vec<Vec<u8>>> = (0..3u64)
-        .map(|b| (0..40u64).map(|i| random_tokens(100 + (i as usize * 37) % 200, 640 + b * 100 + i).iter().map(|t| t % 12).collect()).collect())
+    let batches: Vec<Vec<Vec<u8>>> = (0..4u64)
+        .map(|b| {
+            let (count, len) = if b == 0 { (64, 4000) } else { (30 + 7 * b as usize, 100 + 60 * b as usize) };
+            (0..count as u64).map(|i| random_tokens(len + (i as usize * 37) % 200, 640 + b * 100 + i).iter().map(|t| t % 12).collect()).collect()
+        })
         .collect();
-    for precision in [Precision::F32, Precision::Bf16] {
+    // (and the same calls with the copies synchronized, DNA_MAMBA_OVERLAP=0)
+    for (precision, overlap) in [(Precision::F32, true), (Precision::Bf16, true), (Precision::Bf16, false)] {
         let mut cpu = Embedder::new(Cpu::new(model.clone()), model.clone(), Strand::Both, Feature::Hidden, 131_072, 0).unwrap();
-        let backend = Cuda::with_options(model.clone(), 0, cuda::DEFAULT_CHUNK, precision).unwrap().with_overlap(true);
+        let backend = Cuda::with_options(model.clone(), 0, cuda::DEFAULT_CHUNK, precision).unwrap().with_overlap(overlap);
         let mut gpu = Embedder::new(backend, model.clone(), Strand::Both, Feature::Hidden, 131_072, 0).unwrap();
-        assert!(gpu.engine().backend().queues());
-        let pending: Vec<_> = batches
-            .iter()
-            .map(|recs| {
-                let refs: Vec<&[u8]> = recs.iter().map(|r| r.as_slice()).collect();
-                gpu.pooled_packed_start(&refs, 1 << 20).unwrap()
-            })
-            .collect();
+        assert_eq!(gpu.engine().backend().queues(), overlap);
+        let start = |gpu: &mut Embedder<Cuda>, b: usize| {
+            let refs: Vec<&[u8]> = batches[b].iter().map(|r| r.as_slice()).collect();
+            gpu.pooled_packed_start(&refs, 1 << 20).unwrap()
+        };
+        let p0 = start(&mut gpu, 0);
+        let mut got = vec![gpu.query_sums_finish(p0).unwrap()];
+        let p1 = start(&mut gpu, 1);
+        let p2 = start(&mut gpu, 2);
+        got.push(gpu.query_sums_finish(p1).unwrap());
+        let p3 = start(&mut gpu, 3);
+        got.push(gpu.query_sums_finish(p2).unwrap());
+        got.push(gpu.query_sums_finish(p3).unwrap());
         let tol = if precision == Precision::Bf16 { TOL_BF16 } else { 1e-6 };
-        for (b, p) in pending.into_iter().enumerate() {
-            let sums = gpu.query_sums_finish(p).unwrap();
+        for (b, sums) in got.iter().enumerate() {
             let refs: Vec<&[u8]> = batches[b].iter().map(|r| r.as_slice()).collect();
             let want = cpu.pooled_packed(&refs, 1 << 20).unwrap();
+            assert_eq!(sums.len(), want.len());
             for (k, (g, w)) in sums.iter().zip(&want).enumerate() {
                 let g: Vec<f32> = g.iter().map(|&v| v as f32).collect();
                 let w: Vec<f32> = w.iter().map(|&v| v as f32).collect();
-                assert_within(&g, &w, tol, &format!("{precision:?} batch {b} record {k}"));
+                assert_within(&g, &w, tol, &format!("{precision:?} overlap {overlap} batch {b} record {k}"));
             }
         }
     }

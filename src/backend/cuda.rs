@@ -26,6 +26,7 @@
 //! tracking is switched off.
 
 mod module;
+mod staging;
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,12 +40,13 @@ use cudarc::cublas::{
 };
 use cudarc::driver::{
     sys::CUdevice_attribute, CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut,
-    LaunchConfig, PinnedHostSlice, PushKernelArg,
+    DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 
 use super::{Backend, Dir, Norm, Precision, View};
 use crate::model::{weights::Mamba, Model};
 use module::{guarded, Kernels, Sizes};
+use staging::{Downloads, Pending, Uploads};
 
 /// Positions per chunk. The per-chunk intermediates take about (4.5·d_inner + dt_rank +
 /// 2·d_state)·4 B per row (~300 MB at 32768 rows for d_model 256); on an H100, 32768 ran
@@ -254,9 +256,10 @@ pub struct Cuda {
     fuse_dt: bool,
     /// (segment, channel) threads per SM the scan's segments are sized for.
     seg_threads: usize,
-    /// Sums copied asynchronously into page-locked memory, so that callers overlap their host
-    /// work with the GPU (`queues`). Opt-in (`DNA_MAMBA_OVERLAP=1`, `with_overlap`) until it
-    /// has run on a GPU; otherwise each sum_rows_start copies and synchronizes, as before.
+    /// Uploads and sums through page-locked memory, asynchronously, so that callers overlap
+    /// their host work with the GPU (`queues`). Opt-in (`DNA_MAMBA_OVERLAP=1`, `with_overlap`)
+    /// until the fixed version has passed the GPU tests (its first run read sums before their
+    /// copy had landed); otherwise pageable copies, each sum_rows_start synchronized.
     overlap: bool,
     /// cuBLAS refused FAST_16BF for dt_proj once: it runs in f32 from then on.
     no_fast_bf16: AtomicBool,
@@ -269,9 +272,13 @@ pub struct Cuda {
     mixers: Vec<(DevMamba, Option<DevMamba>)>,
     scratch: Mutex<Option<Scratch>>,
     shared: Mutex<Option<Shared>>,
-    /// Page-locked host buffers the sums are copied into, reused: the copy is then
-    /// asynchronous, so the host formats one batch while the GPU computes the next.
-    pinned: Mutex<Vec<PinnedHostSlice<f64>>>,
+    /// Page-locked buffers the sums come back through, reused (see `overlap`) ...
+    sums_down: Downloads<f64>,
+    /// ... and those tokens, packed record ids and sum ranges go up through, so that
+    /// queuing a batch never waits for the one before it.
+    up_tokens: Uploads<u8>,
+    up_records: Uploads<i32>,
+    up_ranges: Uploads<i64>,
     /// Largest `Shared` set to allocate; longer contexts run the directions one by one.
     share_bytes: usize,
     /// Stands in for the record ids when the context is one record.
@@ -443,7 +450,10 @@ impl Cuda {
             mixers,
             scratch: Mutex::new(None),
             shared: Mutex::new(None),
-            pinned: Mutex::new(Vec::new()),
+            sums_down: Downloads::new(),
+            up_tokens: Uploads::new(),
+            up_records: Uploads::new(),
+            up_ranges: Uploads::new(),
             share_bytes: SHARE_BYTES,
             no_records,
             no_acc,
@@ -504,15 +514,14 @@ impl Cuda {
         Ok(())
     }
 
-    /// A page-locked host buffer of at least `n` f64 from the pool, or a new one.
-    fn take_pinned(&self, n: usize) -> Result<PinnedHostSlice<f64>> {
-        let mut pool = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(k) = pool.iter().position(|p| p.len() >= n) {
-            return Ok(pool.swap_remove(k));
+    /// `src` on the device: through page-locked memory when overlapping (a pageable copy may
+    /// wait for the stream to drain).
+    fn upload<T: DeviceRepr + ValidAsZeroBits + Copy>(&self, ring: &Uploads<T>, src: &[T]) -> Result<CudaSlice<T>> {
+        if self.overlap {
+            ring.upload(&self.ctx, &self.stream, src)
+        } else {
+            Ok(self.stream.clone_htod(src)?)
         }
-        // no write-combining: the host reads these
-        // SAFETY: the buffer is only read after the copy into it has completed (its event)
-        unsafe { self.ctx.alloc_pinned_with_flags::<f64>(n.next_power_of_two(), 0) }.context("page-locked host memory for the sums")
     }
 
     /// Wait for all queued work (for timing).
@@ -1066,8 +1075,8 @@ impl Cuda {
 
 /// Column sums in flight: the pieces' sums on their way to page-locked memory.
 pub struct Sums {
-    /// Page-locked, on its way (`overlap`) ...
-    host: Option<PinnedHostSlice<f64>>,
+    /// On its way to page-locked memory (`overlap`) ...
+    host: Option<Pending<f64>>,
     /// ... or already copied.
     ready: Option<Vec<f64>>,
     /// The range each piece belongs to.
@@ -1119,7 +1128,7 @@ impl Backend for Cuda {
         if tokens.is_empty() {
             return Ok(());
         }
-        let tok = self.stream.clone_htod(tokens)?;
+        let tok = self.upload(&self.up_tokens, tokens)?;
         let (len, d, rcps) = (tokens.len(), i32_of(cfg.d_model, "d_model")?, cfg.rcps as i32);
         let mut b = self.stream.launch_builder(&self.k.embed);
         b.arg(&tok).arg(&self.embedding).arg(&self.complement).arg(&mut out.data).arg(&len).arg(&d).arg(&rcps);
@@ -1257,7 +1266,7 @@ impl Backend for Cuda {
             let end = starts.get(k + 1).copied().unwrap_or(len);
             rec[*w..end].fill(k as i32);
         }
-        let rec = self.stream.clone_htod(&rec).context("uploading packed record ids")?;
+        let rec = self.upload(&self.up_records, &rec).context("uploading packed record ids")?;
         Ok(Records { rec, len })
     }
 
@@ -1284,7 +1293,7 @@ impl Backend for Cuda {
             return Ok(sums);
         }
         let n = sums.owner.len() * width;
-        let dev_ranges = self.stream.clone_htod(&pieces)?;
+        let dev_ranges = self.upload(&self.up_ranges, &pieces)?;
         let mut dev = self.stream.alloc_zeros::<f64>(n)?;
         let w32 = i32_of(width, "width")?;
         let threads = width.next_multiple_of(32).min(256);
@@ -1305,11 +1314,8 @@ impl Backend for Cuda {
             sums.ready = Some(host);
             return Ok(sums);
         }
-        let mut host = self.take_pinned(n)?;
-        // asynchronous into page-locked memory: the copy records the buffer's event, which
-        // sum_rows_finish waits for (dev and dev_ranges are freed in stream order)
-        self.stream.memcpy_dtoh(&dev.slice(..n), &mut host)?;
-        sums.host = Some(host);
+        // dev and dev_ranges are freed in stream order, after the copy
+        sums.host = Some(self.sums_down.start(&self.ctx, &self.stream, &dev)?);
         Ok(sums)
     }
 
@@ -1325,9 +1331,8 @@ impl Backend for Cuda {
         if let Some(got) = ready {
             add(out, &got);
         }
-        if let Some(host) = host {
-            add(out, host.as_slice().context("waiting for the GPU's sums")?);
-            self.pinned.lock().unwrap_or_else(|e| e.into_inner()).push(host);
+        if let Some(p) = host {
+            self.sums_down.finish(p, |got| add(out, got))?;
         }
         Ok(())
     }
