@@ -445,6 +445,11 @@ __device__ __forceinline__ void output_walk(float* __restrict__ x, const float* 
 // already turned δ into Δ.
 // Dynamic shared memory: seg_len · (2·D_STATE + 1) floats (B and C of the segment's steps,
 // flags). At most 128 threads a block.
+// MODE 0 reads every flag at run time; MODE 1 and 2 are the output pass after scan_ends
+// (Δ ready, nothing written back), unpacked (1) or packed (2): with the flags compile-time
+// constants the unused softplus, which the compiler otherwise computes and discards, and the
+// reset checks of unpacked runs leave the loop (~150 -> ~113 instructions per step in SASS).
+template <int MODE>
 __device__ __forceinline__ void scan_output_body(float* __restrict__ x,
                                        const float* __restrict__ delta,
                                        const float* __restrict__ dbc,
@@ -459,6 +464,11 @@ __device__ __forceinline__ void scan_output_body(float* __restrict__ x,
                                        unsigned short* __restrict__ y_h, int half,
                                        float* __restrict__ y_acc, int acc_mode)
 {
+    if (MODE != 0) {
+        delta_ready = 1;
+        write_back = 0;
+        packed = MODE == 2;
+    }
     float* bcs = reinterpret_cast<float*>(smem4);
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     const int s = blockIdx.y;
@@ -472,23 +482,25 @@ __device__ __forceinline__ void scan_output_body(float* __restrict__ x,
 }
 
 // 80 registers for 6 blocks per SM (8 bytes spilled): 3% faster end to end on an H200 than 96
-// registers for 5 blocks without spills (BENCHMARKS.md, stage 2).
-extern "C" __global__ void __launch_bounds__(128, 6) scan_output(float* __restrict__ x,
-                                       const float* __restrict__ delta,
-                                       const float* __restrict__ dbc,
-                                       const float* __restrict__ xz,
-                                       const float* __restrict__ a2,
-                                       const float* __restrict__ dt_b,
-                                       const float* __restrict__ d_skip,
-                                       float* __restrict__ h_start,
-                                       int t, int di, int nx, int rk, int seg_len, int rev,
-                                       int delta_ready, int write_back,
-                                       const int* __restrict__ rec, long long row0, long long len, int packed,
-                                       unsigned short* __restrict__ y_h, int half,
-                                       float* __restrict__ y_acc, int acc_mode)
-{
-    scan_output_body(x, delta, dbc, xz, a2, dt_b, d_skip, h_start, t, di, nx, rk, seg_len, rev, delta_ready, write_back, rec, row0, len, packed, y_h, half, y_acc, acc_mode);
-}
+// registers for 5 blocks without spills (BENCHMARKS.md, stage 2). One signature for the three
+// variants (the host picks the kernel, the arguments stay the same).
+#define SCAN_OUTPUT_KERNEL(NAME, MODE)                                                           \
+    extern "C" __global__ void __launch_bounds__(128, 6) NAME(float* __restrict__ x,            \
+        const float* __restrict__ delta, const float* __restrict__ dbc,                           \
+        const float* __restrict__ xz, const float* __restrict__ a2,                               \
+        const float* __restrict__ dt_b, const float* __restrict__ d_skip,                         \
+        float* __restrict__ h_start, int t, int di, int nx, int rk, int seg_len, int rev,         \
+        int delta_ready, int write_back, const int* __restrict__ rec, long long row0,             \
+        long long len, int packed, unsigned short* __restrict__ y_h, int half,                    \
+        float* __restrict__ y_acc, int acc_mode)                                                  \
+    {                                                                                             \
+        scan_output_body<MODE>(x, delta, dbc, xz, a2, dt_b, d_skip, h_start, t, di, nx, rk,       \
+                               seg_len, rev, delta_ready, write_back, rec, row0, len, packed,     \
+                               y_h, half, y_acc, acc_mode);                                       \
+    }
+SCAN_OUTPUT_KERNEL(scan_output, 0)
+SCAN_OUTPUT_KERNEL(scan_output_ready, 1)
+SCAN_OUTPUT_KERNEL(scan_output_ready_packed, 2)
 
 // ---------------------------------------------------------------------------------------------
 // One-pass scan (DNA_MAMBA_SCAN=one-pass; the default stays the three kernels above, which

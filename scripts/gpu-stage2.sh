@@ -4,7 +4,7 @@
 # Run from the repository root on the GPU machine with the carried folder G holding cuda-tests
 # (cargo test --release --test cuda --no-default-features --features cuda --no-run: no built-in
 # model in it) and dna-mamba.
-# usage: scripts/gpu-stage2.sh G [tests] [tests80] [bench] [sanitize] [sweep] [cli] [scaling] [overlap] [ncu] [detail] [plantcad]
+# usage: scripts/gpu-stage2.sh G [tests] [tests80] [bench] [spec] [sanitize] [sweep] [cli] [scaling] [overlap] [ncu] [detail] [plantcad]
 #   tests80   the GPU tests on the generic build (kernels compiled for sm_80, JIT-compiled by the driver)
 #   plantcad  issue 16's zero-shot benchmark: random PlantCaduceus l20 / l32 models, the variants in
 #             $G/pc (22_20-21M.fa + .fai, both.vcf: scripts/variants-bench.sh prep), bf16 and f32
@@ -60,6 +60,16 @@ bench)
     for kind in ph ps; do
         DNA_MAMBA_BENCH_KIND=$kind "$G/cuda-tests" --ignored --nocapture bench_forward 2>&1 | grep -E "^\|"
     done | tee "$OUT/bench.log" ;;
+spec)
+    # the output pass's compile-time specialised kernels (the default) against the generic one
+    # (DNA_MAMBA_SCAN_SPEC=0): forward alone (Ph, PS), 200,000 packed reads through embed
+    python3 scripts/random-model.py /tmp/m/ph > /dev/null && python3 scripts/bench-inputs.py /tmp/d
+    for v in 0 1; do
+        for kind in ph ps; do
+            DNA_MAMBA_SCAN_SPEC=$v DNA_MAMBA_BENCH_KIND=$kind "$G/cuda-tests" --ignored --nocapture bench_forward 2>&1 | grep -E "^\|" | sed "s/^/spec=$v /"
+        done
+        DNA_MAMBA_SCAN_SPEC=$v DNA_MAMBA=$G/dna-mamba scripts/bench-gpu.sh "spec$v-reads200k" /tmp/d/reads150_200k.fa -m /tmp/m/ph --strand fwd --precision bf16 -o /dev/null
+    done 2>&1 | tee "$OUT/spec.log" ;;
 sanitize)
     for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
         compute-sanitizer --tool $tool "$G/cuda-tests" --test-threads 1 one_pass_scan_small_shapes 2>&1 \

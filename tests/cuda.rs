@@ -479,10 +479,12 @@ fn packed_records_match_cpu_per_record() {
     }
 }
 
-/// Both scan paths against the CPU on one model; returns the worst error of each.
-fn compare_scans(model: &Arc<Model>, lens: &[usize], chunks: &[usize], precision: Precision, tol: f64, seed: u64, what: &str) -> [f64; 2] {
+/// Both scan paths against the CPU on one model, the two-pass one with its specialised
+/// output kernels (the default) and its generic one (`DNA_MAMBA_SCAN_SPEC=0`); returns the
+/// worst error of each.
+fn compare_scans(model: &Arc<Model>, lens: &[usize], chunks: &[usize], precision: Precision, tol: f64, seed: u64, what: &str) -> [f64; 3] {
     let mut cpu = Engine::new(Cpu::new(model.clone()), model.config.clone());
-    let mut worst = [0f64; 2];
+    let mut worst = [0f64; 3];
     let wants: Vec<(Vec<u8>, Vec<f32>)> = lens
         .iter()
         .enumerate()
@@ -494,18 +496,19 @@ fn compare_scans(model: &Arc<Model>, lens: &[usize], chunks: &[usize], precision
         .collect();
     for &chunk in chunks {
         for (share, bytes) in SHARES {
-            for (k, scan) in [Scan::OnePass, Scan::TwoPass].into_iter().enumerate() {
-                let mut gpu = gpu_engine_scan(model, chunk, precision, bytes, scan);
+            for (k, (scan, spec)) in [(Scan::OnePass, true), (Scan::TwoPass, true), (Scan::TwoPass, false)].into_iter().enumerate() {
+                let backend = Cuda::with_options(model.clone(), 0, chunk, precision).unwrap().with_share_bytes(bytes).with_scan(scan).with_spec(spec);
+                let mut gpu = Engine::new(backend, model.config.clone());
                 assert_eq!(gpu.backend().scan(), scan);
                 for (tokens, want) in &wants {
                     let got = hidden(&mut gpu, tokens);
-                    let e = assert_within(&got, want, tol, &format!("{what} {scan:?} len {} chunk {chunk} shared {share}", tokens.len()));
+                    let e = assert_within(&got, want, tol, &format!("{what} {scan:?} spec {spec} len {} chunk {chunk} shared {share}", tokens.len()));
                     worst[k] = worst[k].max(e);
                 }
             }
         }
     }
-    println!("{what}: max relative error vs CPU f32: one-pass {:.2e}, two-pass {:.2e}", worst[0], worst[1]);
+    println!("{what}: max relative error vs CPU f32: one-pass {:.2e}, two-pass specialised {:.2e}, two-pass generic {:.2e}", worst[0], worst[1], worst[2]);
     worst
 }
 

@@ -228,6 +228,10 @@ pub struct Kernels {
     pub scan_ends: CudaFunction,
     pub scan_combine: CudaFunction,
     pub scan_output: CudaFunction,
+    /// scan_output after scan_ends (Δ ready, no state written back), unpacked / packed: the
+    /// same arguments, those flags fixed at compile time.
+    pub scan_output_ready: CudaFunction,
+    pub scan_output_ready_packed: CudaFunction,
     pub scan_fused: CudaFunction,
     pub scan_fix: CudaFunction,
 }
@@ -247,6 +251,8 @@ impl Kernels {
             scan_ends: f(&scan, "scan_ends")?,
             scan_combine: f(&scan, "scan_combine")?,
             scan_output: f(&scan, "scan_output")?,
+            scan_output_ready: f(&scan, "scan_output_ready")?,
+            scan_output_ready_packed: f(&scan, "scan_output_ready_packed")?,
             scan_fused: f(&scan, "scan_fused")?,
             scan_fix: f(&scan, "scan_fix")?,
         })
