@@ -10,15 +10,21 @@
 //! `b` `[C]` (linear softmax) or `w1` `[H, D]`, `b1` `[H]`, `w2` `[C, H]`, `b2` `[C]` (one ReLU
 //! hidden layer). Probabilities are `softmax(net((x - mu) / sd))`.
 //!
-//! Submodules: `fit` (optimisers), `metrics` (held-out scores), `kmer` (the baseline
+//! Submodules: `net` (the network and its forward pass), `fingerprint` (which backbone a head
+//! belongs to), `fit` (optimisers), `metrics` (held-out scores), `kmer` (the baseline
 //! features), `features` (one trait over both sources; the pooling itself is `crate::pool`),
 //! `labels` (label tables, BED/GFF intervals).
 
 pub mod features;
+mod fingerprint;
 pub mod fit;
 pub mod kmer;
 pub mod labels;
 pub mod metrics;
+mod net;
+
+pub use fingerprint::fingerprint;
+pub use net::{dot, softmax, Net};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -206,90 +212,6 @@ pub struct Meta {
     /// Held-out metrics and how the head was trained (informational).
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub training: serde_json::Value,
-}
-
-/// Weights of the network after standardization.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Net {
-    /// w: [C, D], b: [C]
-    Linear { w: Vec<f32>, b: Vec<f32> },
-    /// w1: [H, D], b1: [H], w2: [C, H], b2: [C]
-    Mlp { w1: Vec<f32>, b1: Vec<f32>, w2: Vec<f32>, b2: Vec<f32> },
-}
-
-impl Net {
-    pub fn kind(&self) -> Kind {
-        match self {
-            Net::Linear { .. } => Kind::Linear,
-            Net::Mlp { .. } => Kind::Mlp,
-        }
-    }
-
-    /// Hidden width of an MLP.
-    pub fn hidden(&self) -> Option<usize> {
-        match self {
-            Net::Linear { .. } => None,
-            Net::Mlp { b1, .. } => Some(b1.len()),
-        }
-    }
-
-    /// Logits of one standardized feature vector `z` into `out` ([C]); `h` is scratch.
-    pub fn logits(&self, z: &[f32], h: &mut Vec<f32>, out: &mut [f32]) {
-        let d = z.len();
-        match self {
-            Net::Linear { w, b } => {
-                for (c, o) in out.iter_mut().enumerate() {
-                    *o = b[c] + dot(&w[c * d..(c + 1) * d], z);
-                }
-            }
-            Net::Mlp { w1, b1, w2, b2 } => {
-                let nh = b1.len();
-                h.resize(nh, 0.0);
-                for (j, hj) in h.iter_mut().enumerate() {
-                    *hj = (b1[j] + dot(&w1[j * d..(j + 1) * d], z)).max(0.0);
-                }
-                for (c, o) in out.iter_mut().enumerate() {
-                    *o = b2[c] + dot(&w2[c * nh..(c + 1) * nh], h);
-                }
-            }
-        }
-    }
-}
-
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // sixteen independent accumulators: the compiler keeps them in vector registers
-    const L: usize = 16;
-    let mut s = [0f32; L];
-    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..L {
-            s[i] += x[i] * y[i];
-        }
-    }
-    let mut t = 0.0;
-    for (x, y) in ra.iter().zip(rb) {
-        t += x * y;
-    }
-    for w in [8, 4, 2, 1] {
-        for i in 0..w {
-            s[i] += s[i + w];
-        }
-    }
-    s[0] + t
-}
-
-/// In-place softmax.
-pub fn softmax(v: &mut [f32]) {
-    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut s = 0.0;
-    for x in v.iter_mut() {
-        *x = (*x - m).exp();
-        s += *x;
-    }
-    for x in v.iter_mut() {
-        *x /= s;
-    }
 }
 
 /// A head ready to run.
@@ -515,71 +437,6 @@ pub fn find(name: &str) -> Result<Head> {
                 bail!("head {name}: no such file or built-in head (built in: {})", known.join(", "))
             }
         },
-    }
-}
-
-/// Hash of the architecture and every weight (as the f32 values computed with, so a BF16 file
-/// and its F32 widening agree), 128 bits as hex.
-pub fn fingerprint(model: &Model) -> String {
-    let cfg = &model.config;
-    let w = &model.weights;
-    let mut h = Hasher::new();
-    for v in [cfg.d_model, cfg.n_layer, cfg.vocab_padded(), cfg.d_state, cfg.d_conv, cfg.d_inner(), cfg.dt_rank()] {
-        h.word(v as u64);
-    }
-    for b in [cfg.bidirectional, cfg.rcps, cfg.weight_tie, cfg.fused_add_norm] {
-        h.word(b as u64);
-    }
-    h.floats(&w.embedding);
-    for layer in &w.layers {
-        h.floats(&layer.norm);
-        for m in std::iter::once(&layer.fwd).chain(layer.rev.as_ref()) {
-            h.floats(&m.in_proj);
-            h.floats(&m.conv_w);
-            h.floats(&m.conv_b);
-            h.floats(&m.x_proj);
-            h.floats(&m.dt_w);
-            h.floats(&m.dt_b);
-            h.floats(&m.a);
-            h.floats(&m.d);
-            h.floats(&m.out_proj);
-        }
-    }
-    h.floats(&w.norm_f);
-    if let Some(head) = &w.lm_head {
-        h.floats(head);
-    }
-    h.finish()
-}
-
-/// Two independent 64-bit multiply-xorshift lanes over 32-bit words (not cryptographic: it
-/// tells checkpoints apart, it does not defend against forgery).
-struct Hasher {
-    a: u64,
-    b: u64,
-}
-
-impl Hasher {
-    fn new() -> Self {
-        Hasher { a: 0x243F_6A88_85A3_08D3, b: 0x1319_8A2E_0370_7344 }
-    }
-    fn word(&mut self, v: u64) {
-        self.a = (self.a ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
-        self.b = (self.b ^ v.rotate_left(17)).wrapping_mul(0xC2B2_AE3D_27D4_EB4F).rotate_left(31);
-    }
-    fn floats(&mut self, v: &[f32]) {
-        self.word(v.len() as u64);
-        for x in v {
-            self.word(x.to_bits() as u64);
-        }
-    }
-    fn finish(self) -> String {
-        fn mix(mut z: u64) -> u64 {
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-        format!("{:016x}{:016x}", mix(self.a), mix(self.b ^ self.a.rotate_left(7)))
     }
 }
 

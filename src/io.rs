@@ -1,5 +1,6 @@
 //! Reading sequences and writing results.
 
+pub mod bed;
 pub mod decompress;
 pub mod fastx;
 pub mod regions;

@@ -88,37 +88,26 @@ pub fn read_bed(path: &Path, rename: Option<&str>) -> Result<Vec<Interval>> {
     parse_bed(&read_text(path)?, &path.display().to_string(), rename)
 }
 
-/// `read_bed` over text; `name` is for messages. Parsed here, not with noodles-bed 0.40, whose
-/// reader panics on some malformed lines (see io::regions::parse_bed).
+/// `read_bed` over text; `name` is for messages.
 pub fn parse_bed(text: &str, name: &str, rename: Option<&str>) -> Result<Vec<Interval>> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
-        let l = line.trim_end_matches('\r');
-        if l.trim().is_empty() || l.starts_with("track") || l.starts_with("browser") || l.starts_with('#') {
-            continue;
-        }
-        let f: Vec<&str> = l.split('\t').collect();
-        let (chrom, start, end) = match f.as_slice() {
-            [c, s, e, ..] if !c.is_empty() => match (s.parse::<usize>(), e.parse::<usize>()) {
-                (Ok(s), Ok(e)) => (c.to_string(), s, e),
-                _ => bail!("{name}: line {n}: not a BED line (start and end must be integers)"),
-            },
-            _ => bail!("{name}: line {n}: not a BED line (needs chrom, start and end separated by tabs)"),
-        };
+        let Some(bed) = crate::io::bed::parse_line(line, n, name)? else { continue };
+        let (start, end) = (bed.start, bed.end);
         if end < start {
             bail!("{name}: line {n}: end {end} is before start {start}");
         }
         let label = match rename {
             Some(l) => l.to_string(),
-            None => match f.get(3) {
+            None => match bed.columns.get(3) {
                 Some(v) if !v.is_empty() && *v != "." => v.to_string(),
                 _ => bail!("{name}: line {n}: no name column to take the label from (BED3: give --label NAME)"),
             },
         };
         // an empty interval (an insertion point) paints nothing
         if end > start {
-            out.push(Interval { chrom, start, end, label });
+            out.push(Interval { chrom: bed.chrom.to_string(), start, end, label });
         }
     }
     Ok(out)

@@ -85,21 +85,8 @@ pub fn parse_bed(input: impl BufRead, name: &str, lengths: &dyn Fn(&str) -> Opti
     let mut out = Vec::new();
     for (i, line) in input.lines().enumerate() {
         let line = line.with_context(|| format!("{name}: line {}", i + 1))?;
-        let t = line.trim_end();
-        if t.is_empty() || t.starts_with('#') || t.starts_with("track") || t.starts_with("browser") {
-            continue;
-        }
-        // Parsed here, not with noodles-bed 0.40: its reader panics on some malformed lines
-        // (found by fuzzing: fuzz/artifacts kept as the `bed_line_that_crashed_noodles` test).
-        let f: Vec<&str> = t.split('\t').collect();
-        let num = |s: &str| s.trim_end_matches('\r').parse::<usize>().ok();
-        let (chrom, start, end) = match f.as_slice() {
-            [c, s, e, ..] if !c.is_empty() => match (num(s), num(e)) {
-                (Some(s), Some(e)) => (c.to_string(), s, e),
-                _ => bail!("{name}: line {}: not a BED line (start and end must be integers)", i + 1),
-            },
-            _ => bail!("{name}: line {}: not a BED line (needs chrom, start and end separated by tabs)", i + 1),
-        };
+        let Some(bed) = super::bed::parse_line(&line, i + 1, name)? else { continue };
+        let (chrom, start, end) = (bed.chrom.to_string(), bed.start, bed.end);
         let len = lengths(&chrom).ok_or_else(|| anyhow!("{name}: line {}: unknown sequence name '{chrom}'", i + 1))?;
         if start >= end || end > len {
             bail!("{name}: line {}: interval {chrom}:{start}-{end} is empty or outside {chrom} ({len} bases)", i + 1);
