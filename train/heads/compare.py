@@ -54,7 +54,7 @@ def load(spec, truth):
         y = [r["label"] for r in rows]
     else:
         y = [truth[r["id"]] for r in rows]
-    ids = [r["id"] for r in rows]
+    ids = [r["id"] if "id" in r else f"{r['chrom']}:{r['pos']}" for r in rows]
     p = np.array([[float(r[c]) for c in cols] for r in rows])
     return name, ids, y, labels, p
 
@@ -80,7 +80,7 @@ def main():
             sys.exit(f"{name}: labels differ from {name0}'s rows")
         if lab != lab0:
             sys.exit(f"{name}: label columns {lab} differ from {lab0}")
-        if not ids[0].startswith("row") and not ids0[0].startswith("row") and ids != ids0:
+        if not ids[0].startswith("row") and not ids0[0].startswith("row") and ids != ids0:  # load-features rows are row<i>
             sys.exit(f"{name}: ids differ from {name0}'s")
     idx = {l: i for i, l in enumerate(lab0)}
     y = np.array([idx[v] for v in y0])

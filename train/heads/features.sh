@@ -16,10 +16,11 @@
 # CUT_CHECK [origin promoters]: at 100,000 positions the extra k-mer fit takes long on 2 cores).
 #
 # The card splits are too large for a 2-core CPU (~270 bases/s through the backbone here, both
-# strands: 10.5 Mb for origin, 4.6 Mb for coding), so by default they are reduced, the same
+# strands, on a shared CPU: 10.5 Mb for origin, 4.6 Mb for coding), so by default they are reduced, the same
 # way for all three feature sets:
-#   origin:  ORIGIN_N records per label drawn (seed 7) from each of origin_train.fa and
-#            origin_test.fa [125: 500 + 500]; plus the k-mer baseline on the full card split
+#   origin:  ORIGIN_N records per label drawn from origin_train.fa (seed 7) and from
+#            origin_test.fa (seed 8) [125: 500 + 500]; plus the k-mer baseline on the full
+#            card split, and on the full training split with the reduced held-out one
 #   coding:  --max-bases CODING_MAX_BASES [700000] with --test-fraction CODING_TEST_FRACTION
 #            [0.3]: 24 training stretches of 20 kb, 10 held-out ones from the last 500 kb;
 #            --max-positions CODING_MAX_POSITIONS [40000] (the card: 100000, but `train` now
