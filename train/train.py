@@ -641,7 +641,8 @@ def bench2_cmd(args):
     model = M.CaduceusPh(args.d_model, args.n_layer).to(dev)
     opt = ST.FlatAdamW(model, 1e-3, 0.1)
     for L in [int(x) for x in args.eval_lens.split(",")]:
-        for minp in (scan.MIN_PROGRAMS, 0):
+        sweep = [int(v) for v in args.min_programs.split(",")] if args.min_programs else [scan.MIN_PROGRAMS]
+        for minp in sweep + [0]:
             if minp == 0 and L > 8192 and not args.bench_unchunked_long:
                 continue
             scan_min, scan.MIN_PROGRAMS = scan.MIN_PROGRAMS, minp
@@ -729,10 +730,15 @@ def main():
     ap.add_argument("--max-n-frac", type=float, default=0.5,
                     help="v2: skip training windows with more N than this (SILVA pieces are ~28 %% N after the "
                          "validation 32-mer masking, so v1's 0.1 would reject 80 %% of their windows)")
+    ap.add_argument("--min-programs", default=None,
+                    help="scan.MIN_PROGRAMS (chunk the scan until this many programs); bench2: a comma list to sweep")
     ap.add_argument("--bench-unchunked-long", action="store_true", help="bench2: also time L > 8192 unchunked")
     ap.add_argument("--override-schedule", action="store_true",
                     help="with --resume-state: use the command line's lr/warmup/wd/context/tokens instead of the state's")
     args = ap.parse_args()
+    if args.min_programs and args.cmd != "bench2":
+        import scan
+        scan.MIN_PROGRAMS = int(args.min_programs)
     if args.cmd == "train" and args.data:
         return train_v2(args)
     {"train": train, "bench": bench, "fixture": fixture_cmd, "eval": eval_cmd, "export": export_cmd,
