@@ -223,13 +223,8 @@ impl Cpu {
             // 3. [δ | B | C] = x · W_xᵀ;  Δ = softplus(δ · W_dtᵀ + b_dt)  (bias added once, here)
             matmul_t(&mut s.dbc, &s.xc, di, &m.x_proj, t, nx, di);
             matmul_t(&mut s.delta, &s.dbc, nx, &m.dt_w, t, di, rk);
-            s.delta[..t * di].par_chunks_mut(di).with_min_len(16).for_each(|row| {
-                simd::vectorized(isa, || {
-                    for (v, b) in row.iter_mut().zip(&m.dt_b) {
-                        *v = simd::softplus(*v + b);
-                    }
-                })
-            });
+            // SAFETY: plain slice code; the variant is chosen by the detected ISA
+            s.delta[..t * di].par_chunks_mut(di).with_min_len(16).for_each(|row| unsafe { simd::softplus_bias_isa(isa, row, &m.dt_b) });
             // 4. selective scan, D skip and SiLU(z) gate; y overwrites xc
             scan::selective_scan(
                 isa,

@@ -3,6 +3,9 @@
 //! `std`'s `f32::exp` is a libm call per element, which blocks vectorisation of the scan's
 //! inner loop (di·N exponentials per position). `exp` here is the Cephes `expf` polynomial
 //! (relative error ~2e-7 over the range the scan uses), written so LLVM emits SIMD for it.
+//! Polynomials use `mul_add`: one vfmadd per term in the AVX2 / AVX-512 variants (Rust never
+//! contracts `a * b + c` itself), and the same rounding in every variant. On an x86-64 without
+//! FMA (the baseline variant) that is a libm call per term: slow, still correct.
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
@@ -16,15 +19,15 @@ pub fn exp(x: f32) -> f32 {
     // Plain selects, not `clamp`/`as i32`: their NaN rules would keep LLVM from vectorising.
     let x = if x < -87.0 { -87.0 } else { x };
     let x = if x > 88.0 { 88.0 } else { x };
-    let r = (x * LOG2E + ROUND) - ROUND;
-    let f = x - r * LN2_HI - r * LN2_LO;
+    let r = x.mul_add(LOG2E, ROUND) - ROUND;
+    let f = (-r).mul_add(LN2_LO, (-r).mul_add(LN2_HI, x));
     let mut p = 1.987_569_1e-4_f32;
-    p = p * f + 1.398_199_9e-3;
-    p = p * f + 8.333_452e-3;
-    p = p * f + 4.166_579_6e-2;
-    p = p * f + 1.666_666_5e-1;
-    p = p * f + 5.000_000_1e-1;
-    let y = p * f * f + f + 1.0;
+    p = p.mul_add(f, 1.398_199_9e-3);
+    p = p.mul_add(f, 8.333_452e-3);
+    p = p.mul_add(f, 4.166_579_6e-2);
+    p = p.mul_add(f, 1.666_666_5e-1);
+    p = p.mul_add(f, 5.000_000_1e-1);
+    let y = (p * f).mul_add(f, f) + 1.0;
     // 2^r without a float->int conversion: r + 127 lands in the low mantissa bits of
     // (r + 127 + 2^23), and shifting by 23 moves it into the exponent field.
     let bits = (r + (127.0 + 8_388_608.0)).to_bits() << 23;
@@ -38,12 +41,12 @@ fn ln_1p_unit(u: f32) -> f32 {
     let s = u / (2.0 + u);
     let s2 = s * s;
     let mut p = 1.0 / 13.0_f32;
-    p = p * s2 + 1.0 / 11.0;
-    p = p * s2 + 1.0 / 9.0;
-    p = p * s2 + 1.0 / 7.0;
-    p = p * s2 + 1.0 / 5.0;
-    p = p * s2 + 1.0 / 3.0;
-    2.0 * (s + s * s2 * p)
+    p = p.mul_add(s2, 1.0 / 11.0);
+    p = p.mul_add(s2, 1.0 / 9.0);
+    p = p.mul_add(s2, 1.0 / 7.0);
+    p = p.mul_add(s2, 1.0 / 5.0);
+    p = p.mul_add(s2, 1.0 / 3.0);
+    2.0 * (s * s2).mul_add(p, s)
 }
 
 #[inline(always)]
@@ -60,30 +63,48 @@ pub fn softplus(x: f32) -> f32 {
     if x > 20.0 { x } else { v }
 }
 
-/// Run `f` in a function compiled for the detected ISA, so the elementwise loops it inlines
-/// are vectorised with the wide registers (rustc's baseline is SSE2).
+/// `row[i] = softplus(row[i] + bias[i])` (Δ from dt_proj's output).
 #[inline(always)]
-pub fn vectorized<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-        unsafe fn v512<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn v256<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        // SAFETY: each variant runs only on a CPU that reported the features.
-        match isa {
-            Isa::Avx512 => return unsafe { v512(f) },
-            Isa::Avx2 => return unsafe { v256(f) },
-            Isa::Baseline => {}
-        }
+unsafe fn softplus_bias(row: &mut [f32], bias: &[f32]) {
+    for (v, b) in row.iter_mut().zip(bias) {
+        *v = softplus(*v + b);
     }
-    let _ = isa;
-    f()
 }
+
+isa_variants!(pub unsafe fn softplus_bias_isa(row: &mut [f32], bias: &[f32]) => softplus_bias);
+
+/// `pub fn $name(isa, args)` that runs `$body(args)` compiled for the detected ISA, so the
+/// elementwise loops `$body` inlines are vectorised with the wide registers and `mul_add` is
+/// one instruction (rustc's baseline is SSE2 without FMA). `$body` must be
+/// `#[inline(always)]`: a closure handed to a target-feature function was not inlined there,
+/// and ran as SSE2 code with a libm call per `mul_add`.
+macro_rules! isa_variants {
+    ($(#[$m:meta])* $vis:vis unsafe fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:path) => {
+        $(#[$m])*
+        $vis unsafe fn $name(isa: $crate::backend::cpu::simd::Isa, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                unsafe fn v512($($arg: $ty),*) {
+                    unsafe { $body($($arg),*) }
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v256($($arg: $ty),*) {
+                    unsafe { $body($($arg),*) }
+                }
+                // SAFETY: each variant runs only on a CPU that reported its features.
+                match isa {
+                    $crate::backend::cpu::simd::Isa::Avx512 => return unsafe { v512($($arg),*) },
+                    $crate::backend::cpu::simd::Isa::Avx2 => return unsafe { v256($($arg),*) },
+                    $crate::backend::cpu::simd::Isa::Baseline => {}
+                }
+            }
+            let _ = isa;
+            unsafe { $body($($arg),*) }
+        }
+    };
+}
+pub(crate) use isa_variants;
 
 /// Widest vector ISA this CPU runs, detected once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
