@@ -36,12 +36,13 @@ pub fn state_len(di: usize, n: usize) -> usize {
     blocks(di) * n * LANES
 }
 
-/// A `[di, n]` rearranged to `[blocks][n][LANES]`, zero in the padding lanes.
+/// A `[di, n]` times log2(e) (the scan's decays are powers of 2, `simd::exp2_decay`),
+/// rearranged to `[blocks][n][LANES]`, zero in the padding lanes.
 pub fn a_blocks(a: &[f32], di: usize, n: usize) -> Vec<f32> {
     let mut out = vec![0.0; state_len(di, n)];
     for c in 0..di {
         for s in 0..n {
-            out[(c / LANES) * n * LANES + s * LANES + c % LANES] = a[c * n + s];
+            out[(c / LANES) * n * LANES + s * LANES + c % LANES] = a[c * n + s] * std::f32::consts::LOG2_E;
         }
     }
     out
@@ -204,7 +205,7 @@ fn load(src: &[f32], width: usize) -> [f32; LANES] {
     v
 }
 
-/// h = exp(Δ·A)·h + Δ·B·x;  y = h·C + D·x;  y ·= SiLU(z)   for LANES channels over the chunk.
+/// h = 2^(Δ·A·log2 e)·h + Δ·B·x;  y = h·C + D·x;  y ·= SiLU(z)   for LANES channels over the chunk.
 #[inline(always)]
 unsafe fn scan_block(b: &Block<'_>, st: &mut [f32]) {
     // d_state 16 (every released model): a fixed-size state the compiler keeps in registers
@@ -241,7 +242,7 @@ unsafe fn scan_fixed<const N: usize>(b: &Block<'_>, st: &mut [f32]) {
         for s in 0..N {
             let (bs, cs) = (bc[s], bc[N + s]);
             for l in 0..LANES {
-                h[s][l] = simd::exp(dl[l] * a[s][l]).mul_add(h[s][l], dx[l] * bs);
+                h[s][l] = simd::exp2_decay(dl[l] * a[s][l]).mul_add(h[s][l], dx[l] * bs);
                 y[l] = h[s][l].mul_add(cs, y[l]);
             }
         }
@@ -281,7 +282,7 @@ unsafe fn scan_dyn(b: &Block<'_>, st: &mut [f32]) {
             let a: &[f32; LANES] = b.a[s * LANES..][..LANES].try_into().unwrap();
             let h: &mut [f32; LANES] = (&mut st[s * LANES..][..LANES]).try_into().unwrap();
             for l in 0..LANES {
-                h[l] = simd::exp(dl[l] * a[l]).mul_add(h[l], dx[l] * bs);
+                h[l] = simd::exp2_decay(dl[l] * a[l]).mul_add(h[l], dx[l] * bs);
                 y[l] = h[l].mul_add(cs, y[l]);
             }
         }
