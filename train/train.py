@@ -673,6 +673,28 @@ def bench2_cmd(args):
             out.append(r)
     with open(os.path.join(args.out, "bench2.json"), "w") as f:
         json.dump(out, f, indent=1)
+    if args.profile:
+        # where a step's GPU time goes, at the shortest and the longest length (chunked scan)
+        from torch.profiler import ProfilerActivity, profile
+        lens = [int(x) for x in args.eval_lens.split(",")]
+        for L in sorted({lens[0], lens[-1]}):
+            B = max(1, args.tokens_per_step // L)
+            tok = torch.randint(M.A_ID, M.T_ID + 1, (B, L), device=dev)
+            sel = torch.rand(B, L, device=dev) < 0.15
+            inp = torch.where(sel, torch.full_like(tok, M.MASK), tok)
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(2):
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        h = model(inp)
+                    loss = F.cross_entropy(model.logits(h[sel].float()), tok[sel])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step(1e-4)
+                torch.cuda.synchronize()
+            table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+            log(f"profile, 2 steps at L={L}, B={B}:\n{table}")
+            with open(os.path.join(args.out, f"profile-{L}.txt"), "w") as f:
+                f.write(table)
 
 
 def sizes_cmd(args):
@@ -732,6 +754,7 @@ def main():
                          "validation 32-mer masking, so v1's 0.1 would reject 80 %% of their windows)")
     ap.add_argument("--min-programs", default=None,
                     help="scan.MIN_PROGRAMS (chunk the scan until this many programs); bench2: a comma list to sweep")
+    ap.add_argument("--profile", action="store_true", help="bench2: a torch.profiler table of 2 steps at the shortest and longest length")
     ap.add_argument("--bench-unchunked-long", action="store_true", help="bench2: also time L > 8192 unchunked")
     ap.add_argument("--override-schedule", action="store_true",
                     help="with --resume-state: use the command line's lr/warmup/wd/context/tokens instead of the state's")
