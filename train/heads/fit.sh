@@ -63,7 +63,8 @@ for step in $STEPS; do
     done
     ;;
   coding_kmer)
-    fit coding_kmer "${coding_args[@]}" --features kmer --pool window:101
+    # 40,000 positions a side: the card's 100,000 x 2,728 k-mer features pass train's 1 GiB limit
+    fit coding_kmer "${coding_args[@]/100000/40000}" --features kmer --pool window:101
     ;;
   splice) # read level: UCI splice junctions, stratified 20 % held out; bins keep coarse position
     for pool in ${SPLICE_POOLS:-bins:6 mean bins:12}; do
