@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::simd::{self, Isa};
+use super::simd::{self, Fma, Isa};
 
 pub const LANES: usize = 16;
 
@@ -72,7 +72,7 @@ struct ConvTaps<'a> {
 }
 
 #[inline(always)]
-unsafe fn conv_row(c: &ConvTaps<'_>, j: usize, out: &mut [f32]) {
+unsafe fn conv_row<M: Fma>(c: &ConvTaps<'_>, j: usize, out: &mut [f32]) {
     let (di, hist) = (c.di, c.k - 1);
     out.copy_from_slice(&c.b[..di]);
     for tap in 0..c.k {
@@ -81,11 +81,11 @@ unsafe fn conv_row(c: &ConvTaps<'_>, j: usize, out: &mut [f32]) {
         let row = conv_input(c.xz, c.xz_stride, c.rows, c.state, hist, di, src);
         let w = &c.w_t[tap * di..][..di];
         for ((o, x), w) in out.iter_mut().zip(row).zip(w) {
-            *o = w.mul_add(*x, *o);
+            *o = M::fma(*w, *x, *o);
         }
     }
     for v in out.iter_mut() {
-        *v = simd::silu(*v);
+        *v = simd::silu::<M>(*v);
     }
 }
 
@@ -207,17 +207,17 @@ fn load(src: &[f32], width: usize) -> [f32; LANES] {
 
 /// h = 2^(Δ·A·log2 e)·h + Δ·B·x;  y = h·C + D·x;  y ·= SiLU(z)   for LANES channels over the chunk.
 #[inline(always)]
-unsafe fn scan_block(b: &Block<'_>, st: &mut [f32]) {
+unsafe fn scan_block<M: Fma>(b: &Block<'_>, st: &mut [f32]) {
     // d_state 16 (every released model): a fixed-size state the compiler keeps in registers
     if b.n == 16 {
-        unsafe { scan_fixed::<16>(b, st) }
+        unsafe { scan_fixed::<M, 16>(b, st) }
     } else {
-        unsafe { scan_dyn(b, st) }
+        unsafe { scan_dyn::<M>(b, st) }
     }
 }
 
 #[inline(always)]
-unsafe fn scan_fixed<const N: usize>(b: &Block<'_>, st: &mut [f32]) {
+unsafe fn scan_fixed<M: Fma, const N: usize>(b: &Block<'_>, st: &mut [f32]) {
     let (w, di) = (b.width, b.di);
     let dsk = load(&b.d_skip[b.c0..], w);
     let mut h = [[0.0f32; LANES]; N];
@@ -242,17 +242,17 @@ unsafe fn scan_fixed<const N: usize>(b: &Block<'_>, st: &mut [f32]) {
         for s in 0..N {
             let (bs, cs) = (bc[s], bc[N + s]);
             for l in 0..LANES {
-                h[s][l] = simd::exp2_decay(dl[l] * a[s][l]).mul_add(h[s][l], dx[l] * bs);
-                y[l] = h[s][l].mul_add(cs, y[l]);
+                h[s][l] = M::fma(simd::exp2_decay::<M>(dl[l] * a[s][l]), h[s][l], dx[l] * bs);
+                y[l] = M::fma(h[s][l], cs, y[l]);
             }
         }
         if w == LANES {
             for l in 0..LANES {
-                xrow[l] = (y[l] + dsk[l] * xv[l]) * simd::silu(z[l]);
+                xrow[l] = (y[l] + dsk[l] * xv[l]) * simd::silu::<M>(z[l]);
             }
         } else {
             for l in 0..w {
-                xrow[l] = (y[l] + dsk[l] * xv[l]) * simd::silu(z[l]);
+                xrow[l] = (y[l] + dsk[l] * xv[l]) * simd::silu::<M>(z[l]);
             }
         }
     }
@@ -262,7 +262,7 @@ unsafe fn scan_fixed<const N: usize>(b: &Block<'_>, st: &mut [f32]) {
 }
 
 #[inline(always)]
-unsafe fn scan_dyn(b: &Block<'_>, st: &mut [f32]) {
+unsafe fn scan_dyn<M: Fma>(b: &Block<'_>, st: &mut [f32]) {
     let (n, w, di) = (b.n, b.width, b.di);
     let dsk = load(&b.d_skip[b.c0..], w);
     for j in 0..b.t {
@@ -282,12 +282,12 @@ unsafe fn scan_dyn(b: &Block<'_>, st: &mut [f32]) {
             let a: &[f32; LANES] = b.a[s * LANES..][..LANES].try_into().unwrap();
             let h: &mut [f32; LANES] = (&mut st[s * LANES..][..LANES]).try_into().unwrap();
             for l in 0..LANES {
-                h[l] = simd::exp2_decay(dl[l] * a[l]).mul_add(h[l], dx[l] * bs);
-                y[l] = h[l].mul_add(cs, y[l]);
+                h[l] = M::fma(simd::exp2_decay::<M>(dl[l] * a[l]), h[l], dx[l] * bs);
+                y[l] = M::fma(h[l], cs, y[l]);
             }
         }
         for l in 0..w {
-            xrow[l] = (y[l] + dsk[l] * xv[l]) * simd::silu(z[l]);
+            xrow[l] = (y[l] + dsk[l] * xv[l]) * simd::silu::<M>(z[l]);
         }
     }
 }

@@ -3,9 +3,35 @@
 //! `std`'s `f32::exp` is a libm call per element, which blocks vectorisation of the scan's
 //! inner loop (di·N exponentials per position). `exp` here is the Cephes `expf` polynomial
 //! (relative error ~2e-7 over the range the scan uses), written so LLVM emits SIMD for it.
-//! Polynomials use `mul_add`: one vfmadd per term in the AVX2 / AVX-512 variants (Rust never
-//! contracts `a * b + c` itself), and the same rounding in every variant. On an x86-64 without
-//! FMA (the baseline variant) that is a libm call per term: slow, still correct.
+//! Polynomials go through `Fma`: one vfmadd per term in the AVX2 / AVX-512 variants (Rust never
+//! contracts `a * b + c` itself), with the same rounding in both; the baseline variant on x86-64
+//! multiplies and adds.
+
+/// How `a·b + c` is computed: fused (one rounding; one instruction in the AVX2 / AVX-512
+/// variants and on aarch64) or as a product and a sum (an x86-64 without FMA, where `mul_add`
+/// would be a libm call per term, ~13x slower).
+pub trait Fma {
+    fn fma(a: f32, b: f32, c: f32) -> f32;
+}
+pub struct Fused;
+pub struct Split;
+impl Fma for Fused {
+    #[inline(always)]
+    fn fma(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+impl Fma for Split {
+    #[inline(always)]
+    fn fma(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+/// The baseline variant's arithmetic.
+#[cfg(target_arch = "x86_64")]
+pub type BaselineFma = Split;
+#[cfg(not(target_arch = "x86_64"))]
+pub type BaselineFma = Fused;
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
@@ -14,20 +40,20 @@ const LN2_LO: f32 = -2.121_944_4e-4;
 const ROUND: f32 = 12_582_912.0;
 
 #[inline(always)]
-pub fn exp(x: f32) -> f32 {
+pub fn exp<M: Fma>(x: f32) -> f32 {
     // Below -87.3 the true value is under f32's normal range; flushing it there is harmless.
     // Plain selects, not `clamp`/`as i32`: their NaN rules would keep LLVM from vectorising.
     let x = if x < -87.0 { -87.0 } else { x };
     let x = if x > 88.0 { 88.0 } else { x };
-    let r = x.mul_add(LOG2E, ROUND) - ROUND;
-    let f = (-r).mul_add(LN2_LO, (-r).mul_add(LN2_HI, x));
+    let r = M::fma(x, LOG2E, ROUND) - ROUND;
+    let f = M::fma(-r, LN2_LO, M::fma(-r, LN2_HI, x));
     let mut p = 1.987_569_1e-4_f32;
-    p = p.mul_add(f, 1.398_199_9e-3);
-    p = p.mul_add(f, 8.333_452e-3);
-    p = p.mul_add(f, 4.166_579_6e-2);
-    p = p.mul_add(f, 1.666_666_5e-1);
-    p = p.mul_add(f, 5.000_000_1e-1);
-    let y = (p * f).mul_add(f, f) + 1.0;
+    p = M::fma(p, f, 1.398_199_9e-3);
+    p = M::fma(p, f, 8.333_452e-3);
+    p = M::fma(p, f, 4.166_579_6e-2);
+    p = M::fma(p, f, 1.666_666_5e-1);
+    p = M::fma(p, f, 5.000_000_1e-1);
+    let y = M::fma(p * f, f, f) + 1.0;
     // 2^r without a float->int conversion: r + 127 lands in the low mantissa bits of
     // (r + 127 + 2^23), and shifting by 23 moves it into the exponent field.
     let bits = (r + (127.0 + 8_388_608.0)).to_bits() << 23;
@@ -40,17 +66,17 @@ pub fn exp(x: f32) -> f32 {
 /// takes 19 (one clamp, no ln 2 split). Δ > 0 and A < 0 keep t <= 0; below -126 the
 /// decay is under f32's normal range and is flushed to 2^-126, as `exp` does below -87.
 #[inline(always)]
-pub fn exp2_decay(t: f32) -> f32 {
+pub fn exp2_decay<M: Fma>(t: f32) -> f32 {
     let t = if t < -126.0 { -126.0 } else { t };
     let r = (t + ROUND) - ROUND;
     let f = t - r;
     let mut p = 1.535_336_2e-4_f32;
-    p = p.mul_add(f, 1.339_887_4e-3);
-    p = p.mul_add(f, 9.618_437e-3);
-    p = p.mul_add(f, 5.550_332_5e-2);
-    p = p.mul_add(f, 2.402_264_8e-1);
-    p = p.mul_add(f, 6.931_472e-1);
-    let y = f.mul_add(p, 1.0);
+    p = M::fma(p, f, 1.339_887_4e-3);
+    p = M::fma(p, f, 9.618_437e-3);
+    p = M::fma(p, f, 5.550_332_5e-2);
+    p = M::fma(p, f, 2.402_264_8e-1);
+    p = M::fma(p, f, 6.931_472e-1);
+    let y = M::fma(f, p, 1.0);
     let bits = (r + (127.0 + 8_388_608.0)).to_bits() << 23;
     y * f32::from_bits(bits)
 }
@@ -58,37 +84,37 @@ pub fn exp2_decay(t: f32) -> f32 {
 /// ln(1 + u) for u in [0, 1] as 2·atanh(u / (2 + u)): no cancellation for small u, and a
 /// short odd series since the argument stays below 1/3 (relative error < 1e-7).
 #[inline(always)]
-fn ln_1p_unit(u: f32) -> f32 {
+fn ln_1p_unit<M: Fma>(u: f32) -> f32 {
     let s = u / (2.0 + u);
     let s2 = s * s;
     let mut p = 1.0 / 13.0_f32;
-    p = p.mul_add(s2, 1.0 / 11.0);
-    p = p.mul_add(s2, 1.0 / 9.0);
-    p = p.mul_add(s2, 1.0 / 7.0);
-    p = p.mul_add(s2, 1.0 / 5.0);
-    p = p.mul_add(s2, 1.0 / 3.0);
-    2.0 * (s * s2).mul_add(p, s)
+    p = M::fma(p, s2, 1.0 / 11.0);
+    p = M::fma(p, s2, 1.0 / 9.0);
+    p = M::fma(p, s2, 1.0 / 7.0);
+    p = M::fma(p, s2, 1.0 / 5.0);
+    p = M::fma(p, s2, 1.0 / 3.0);
+    2.0 * M::fma(s * s2, p, s)
 }
 
 #[inline(always)]
-pub fn silu(x: f32) -> f32 {
-    x / (1.0 + exp(-x))
+pub fn silu<M: Fma>(x: f32) -> f32 {
+    x / (1.0 + exp::<M>(-x))
 }
 
 /// softplus with PyTorch's threshold: identity above 20; log(1 + e^x) written as
 /// max(x, 0) + log1p(e^-|x|) so every branch is a select.
 #[inline(always)]
-pub fn softplus(x: f32) -> f32 {
+pub fn softplus<M: Fma>(x: f32) -> f32 {
     let pos = if x > 0.0 { x } else { 0.0 };
-    let v = pos + ln_1p_unit(exp(-x.abs()));
+    let v = pos + ln_1p_unit::<M>(exp::<M>(-x.abs()));
     if x > 20.0 { x } else { v }
 }
 
 /// `row[i] = softplus(row[i] + bias[i])` (Δ from dt_proj's output).
 #[inline(always)]
-unsafe fn softplus_bias(row: &mut [f32], bias: &[f32]) {
+unsafe fn softplus_bias<M: Fma>(row: &mut [f32], bias: &[f32]) {
     for (v, b) in row.iter_mut().zip(bias) {
-        *v = softplus(*v + b);
+        *v = softplus::<M>(*v + b);
     }
 }
 
@@ -100,18 +126,18 @@ isa_variants!(pub unsafe fn softplus_bias_isa(row: &mut [f32], bias: &[f32]) => 
 /// `#[inline(always)]`: a closure handed to a target-feature function was not inlined there,
 /// and ran as SSE2 code with a libm call per `mul_add`.
 macro_rules! isa_variants {
-    ($(#[$m:meta])* $vis:vis unsafe fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:path) => {
+    ($(#[$m:meta])* $vis:vis unsafe fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
         $(#[$m])*
         $vis unsafe fn $name(isa: $crate::backend::cpu::simd::Isa, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
                 unsafe fn v512($($arg: $ty),*) {
-                    unsafe { $body($($arg),*) }
+                    unsafe { $body::<$crate::backend::cpu::simd::Fused>($($arg),*) }
                 }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn v256($($arg: $ty),*) {
-                    unsafe { $body($($arg),*) }
+                    unsafe { $body::<$crate::backend::cpu::simd::Fused>($($arg),*) }
                 }
                 // SAFETY: each variant runs only on a CPU that reported its features.
                 match isa {
@@ -121,7 +147,7 @@ macro_rules! isa_variants {
                 }
             }
             let _ = isa;
-            unsafe { $body($($arg),*) }
+            unsafe { $body::<$crate::backend::cpu::simd::BaselineFma>($($arg),*) }
         }
     };
 }
@@ -135,10 +161,23 @@ pub enum Isa {
     Baseline,
 }
 
+/// The detected ISA, or a narrower one named by `DNA_MAMBA_CPU_ISA` (`avx2`, `baseline`): how the
+/// tests run the variants this CPU would not pick against the float64 reference, and how they
+/// are timed. It never selects an ISA the CPU lacks.
 pub fn isa() -> Isa {
+    let detected = detect();
+    match std::env::var("DNA_MAMBA_CPU_ISA").as_deref() {
+        Ok("avx2") if detected == Isa::Avx512 => Isa::Avx2,
+        Ok("baseline") => Isa::Baseline,
+        _ => detected,
+    }
+}
+
+fn detect() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        // the AVX-512 variants are compiled with avx512f, avx512vl, avx2 and fma
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl") {
             return Isa::Avx512;
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
@@ -154,32 +193,37 @@ mod tests {
 
     #[test]
     fn exp_matches_std() {
+        check::<Fused>();
+        check::<Split>();
+    }
+
+    fn check<M: Fma>() {
         let mut worst = 0f64;
         let mut x = -87.0f32;
         while x < 88.0 {
-            let rel = ((exp(x) as f64 - (x as f64).exp()) / (x as f64).exp()).abs();
+            let rel = ((exp::<M>(x) as f64 - (x as f64).exp()) / (x as f64).exp()).abs();
             worst = worst.max(rel);
             x += 0.0137;
         }
         assert!(worst < 5e-7, "worst relative error {worst}");
-        assert_eq!(exp(-200.0), (-87.0f32).exp().max(exp(-87.0)));
+        assert_eq!(exp::<M>(-200.0), (-87.0f32).exp().max(exp::<M>(-87.0)));
         let mut worst2 = 0f64;
         let mut t = -130.0f32;
         while t <= 0.0 {
             let want = (t.max(-126.0) as f64).exp2();
-            worst2 = worst2.max(((exp2_decay(t) as f64 - want) / want).abs());
+            worst2 = worst2.max(((exp2_decay::<M>(t) as f64 - want) / want).abs());
             t += 0.000_731;
         }
         assert!(worst2 < 2.5e-7, "exp2_decay: worst relative error {worst2}");
-        assert_eq!(exp2_decay(0.0), 1.0);
-        assert_eq!(exp2_decay(-1.0), 0.5);
-        assert!((silu(-100.0)).abs() < 1e-30 && silu(0.0) == 0.0);
-        assert!((softplus(30.0) - 30.0).abs() == 0.0 && (softplus(0.0) - 2f32.ln()).abs() < 1e-7);
+        assert_eq!(exp2_decay::<M>(0.0), 1.0);
+        assert_eq!(exp2_decay::<M>(-1.0), 0.5);
+        assert!((silu::<M>(-100.0)).abs() < 1e-30 && silu::<M>(0.0) == 0.0);
+        assert!((softplus::<M>(30.0) - 30.0).abs() == 0.0 && (softplus::<M>(0.0) - 2f32.ln()).abs() < 1e-7);
         let mut x = -30.0f32;
         while x < 30.0 {
             let want = if x > 20.0 { x as f64 } else { (x as f64).exp().ln_1p() };
-            let rel = ((softplus(x) as f64 - want) / want).abs();
-            assert!(rel < 5e-7, "softplus({x}) off by {rel}");
+            let rel = ((softplus::<M>(x) as f64 - want) / want).abs();
+            assert!(rel < 5e-7, "softplus::<M>({x}) off by {rel}");
             x += 0.00731;
         }
     }
