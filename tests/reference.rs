@@ -7,7 +7,7 @@ use common::*;
 use dna_mamba::embed::{Feature, Strand};
 
 const TOL: f64 = 1e-4;
-const MODELS: [&str; 4] = ["ph", "ps", "causal", "ph_bf16"];
+const MODELS: [&str; 5] = ["ph", "ps", "causal", "ph_bf16", "ph_d20"];
 
 fn check(model_name: &str, key: &str, strand: Strand, feature: Feature, chunk: usize) {
     for share in [true, false] {

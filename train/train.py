@@ -640,6 +640,19 @@ def bench2_cmd(args):
     out = []
     model = M.CaduceusPh(args.d_model, args.n_layer).to(dev)
     opt = ST.FlatAdamW(model, 1e-3, 0.1)
+
+    def step(B, L):
+        """One masked-LM training step on random tokens."""
+        tok = torch.randint(M.A_ID, M.T_ID + 1, (B, L), device=dev)
+        sel = torch.rand(B, L, device=dev) < 0.15
+        inp = torch.where(sel, torch.full_like(tok, M.MASK), tok)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            h = model(inp)
+        loss = F.cross_entropy(model.logits(h[sel].float()), tok[sel])
+        opt.zero_grad()
+        loss.backward()
+        opt.step(1e-4)
+
     for L in [int(x) for x in args.eval_lens.split(",")]:
         sweep = [int(v) for v in args.min_programs.split(",")] if args.min_programs else [scan.MIN_PROGRAMS]
         for minp in sweep + [0]:
@@ -652,15 +665,7 @@ def bench2_cmd(args):
             for it in range(6):
                 torch.cuda.synchronize()
                 t = time.time()
-                tok = torch.randint(M.A_ID, M.T_ID + 1, (B, L), device=dev)
-                sel = torch.rand(B, L, device=dev) < 0.15
-                inp = torch.where(sel, torch.full_like(tok, M.MASK), tok)
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    h = model(inp)
-                loss = F.cross_entropy(model.logits(h[sel].float()), tok[sel])
-                opt.zero_grad()
-                loss.backward()
-                opt.step(1e-4)
+                step(B, L)
                 torch.cuda.synchronize()
                 times.append(time.time() - t)
             scan.MIN_PROGRAMS = scan_min
@@ -679,17 +684,9 @@ def bench2_cmd(args):
         lens = [int(x) for x in args.eval_lens.split(",")]
         for L in sorted({lens[0], lens[-1]}):
             B = max(1, args.tokens_per_step // L)
-            tok = torch.randint(M.A_ID, M.T_ID + 1, (B, L), device=dev)
-            sel = torch.rand(B, L, device=dev) < 0.15
-            inp = torch.where(sel, torch.full_like(tok, M.MASK), tok)
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 for _ in range(2):
-                    with torch.autocast("cuda", dtype=torch.bfloat16):
-                        h = model(inp)
-                    loss = F.cross_entropy(model.logits(h[sel].float()), tok[sel])
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step(1e-4)
+                    step(B, L)
                 torch.cuda.synchronize()
             table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
             log(f"profile, 2 steps at L={L}, B={B}:\n{table}")

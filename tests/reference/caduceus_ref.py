@@ -528,6 +528,8 @@ MODELS = [
     ("ps", 16, 3, True, True, "F32", 1002),
     ("causal", 16, 2, False, False, "F32", 1003),
     ("ph_bf16", 16, 2, False, True, "BF16", 1004),
+    # d_inner 40: the CPU scan's channel blocks of 16 end in a partial block of 8
+    ("ph_d20", 20, 2, False, True, "F32", 1005),
 ]
 
 
@@ -744,8 +746,9 @@ def main():
     total = 0
     print("== files")
     for dp, _, fs in sorted(os.walk(FIX)):
-        if os.path.relpath(dp, FIX).split(os.sep)[0] == "default_parity":
-            continue  # written by train/ (the default model's parity data), not by this script
+        if os.path.relpath(dp, FIX).split(os.sep)[0] in ("default_parity", "plantcad", "torch"):
+            continue  # written by train/ (the default model's parity data) and by plantcad_ref.py /
+            # torch_save.py, not by this script
         for fn in sorted(fs):
             pth = os.path.join(dp, fn)
             sz = os.path.getsize(pth)

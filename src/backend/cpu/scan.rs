@@ -205,6 +205,26 @@ fn load(src: &[f32], width: usize) -> [f32; LANES] {
     v
 }
 
+/// `load`'s counterpart: the first `width` lanes of `v` into `dst`.
+#[inline(always)]
+fn store(dst: &mut [f32], v: &[f32; LANES], width: usize) {
+    if width == LANES {
+        dst[..LANES].copy_from_slice(v);
+    } else {
+        dst[..width].copy_from_slice(&v[..width]);
+    }
+}
+
+/// (y + D·x)·SiLU(z) over all lanes (padding lanes are zeros in and out).
+#[inline(always)]
+fn gated<M: Fma>(y: &[f32; LANES], dsk: &[f32; LANES], xv: &[f32; LANES], z: &[f32; LANES]) -> [f32; LANES] {
+    let mut o = [0.0; LANES];
+    for l in 0..LANES {
+        o[l] = (y[l] + dsk[l] * xv[l]) * simd::silu::<M>(z[l]);
+    }
+    o
+}
+
 /// h = 2^(Δ·A·log2 e)·h + Δ·B·x;  y = h·C + D·x;  y ·= SiLU(z)   for LANES channels over the chunk.
 #[inline(always)]
 unsafe fn scan_block<M: Fma>(b: &Block<'_>, st: &mut [f32]) {
@@ -246,15 +266,7 @@ unsafe fn scan_fixed<M: Fma, const N: usize>(b: &Block<'_>, st: &mut [f32]) {
                 y[l] = M::fma(h[s][l], cs, y[l]);
             }
         }
-        if w == LANES {
-            for l in 0..LANES {
-                xrow[l] = (y[l] + dsk[l] * xv[l]) * simd::silu::<M>(z[l]);
-            }
-        } else {
-            for l in 0..w {
-                xrow[l] = (y[l] + dsk[l] * xv[l]) * simd::silu::<M>(z[l]);
-            }
-        }
+        store(xrow, &gated::<M>(&y, &dsk, &xv, &z), w);
     }
     for s in 0..N {
         st[s * LANES..][..LANES].copy_from_slice(&h[s]);
@@ -286,8 +298,6 @@ unsafe fn scan_dyn<M: Fma>(b: &Block<'_>, st: &mut [f32]) {
                 y[l] = M::fma(h[l], cs, y[l]);
             }
         }
-        for l in 0..w {
-            xrow[l] = (y[l] + dsk[l] * xv[l]) * simd::silu::<M>(z[l]);
-        }
+        store(xrow, &gated::<M>(&y, &dsk, &xv, &z), w);
     }
 }

@@ -121,13 +121,15 @@ unsafe fn softplus_bias<M: Fma>(row: &mut [f32], bias: &[f32]) {
 isa_variants!(pub unsafe fn softplus_bias_isa(row: &mut [f32], bias: &[f32]) => softplus_bias);
 
 /// `pub fn $name(isa, args)` that runs `$body(args)` compiled for the detected ISA, so the
-/// elementwise loops `$body` inlines are vectorised with the wide registers and `mul_add` is
+/// elementwise loops `$body` inlines are vectorised with the wide registers and `Fma::fma` is
 /// one instruction (rustc's baseline is SSE2 without FMA). `$body` must be
-/// `#[inline(always)]`: a closure handed to a target-feature function was not inlined there,
-/// and ran as SSE2 code with a libm call per `mul_add`.
+/// `#[inline(always)]` and generic over `M: Fma`: a closure handed to a target-feature function
+/// was not inlined there, and ran as SSE2 code.
 macro_rules! isa_variants {
     ($(#[$m:meta])* $vis:vis unsafe fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
         $(#[$m])*
+        /// # Safety
+        /// The contract of the body it runs.
         $vis unsafe fn $name(isa: $crate::backend::cpu::simd::Isa, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
@@ -169,7 +171,12 @@ pub fn isa() -> Isa {
     match std::env::var("DNA_MAMBA_CPU_ISA").as_deref() {
         Ok("avx2") if detected == Isa::Avx512 => Isa::Avx2,
         Ok("baseline") => Isa::Baseline,
-        _ => detected,
+        Ok("avx2" | "avx512") | Err(_) => detected,
+        Ok(other) => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| eprintln!("warning: DNA_MAMBA_CPU_ISA={other:?} is not avx512, avx2 or baseline: ignored"));
+            detected
+        }
     }
 }
 
